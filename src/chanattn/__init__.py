@@ -1,0 +1,24 @@
+"""chanattn: channel attention for PyTorch, every module of the SE family behind one factory.
+
+>>> import torch, chanattn
+>>> chanattn.create("eca", 256)(torch.randn(2, 256, 14, 14)).shape
+torch.Size([2, 256, 14, 14])
+"""
+
+from __future__ import annotations
+
+from .layers import AttentionModule
+from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionModule",
+    "KINDS",
+    "ModuleInfo",
+    "create",
+    "list_modules",
+    "module_info",
+    "register",
+    "__version__",
+]

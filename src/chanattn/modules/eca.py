@@ -1,0 +1,64 @@
+"""ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks (Wang et al.;
+CVPR 2020, https://arxiv.org/abs/1910.03151)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
+from ..registry import register
+
+__all__ = ["EfficientChannelAttention", "eca_kernel_size"]
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+    """ECA's adaptive kernel: t = int(|(log2(C) + b) / gamma|), k = t if t is odd else t + 1.
+
+    C = 64, 256, 512, 2048 give 3, 5, 5, 7.
+    """
+    t = int(abs((math.log2(channels) + beta) / gamma))
+    return t if t % 2 else t + 1
+
+
+@register("eca", title="Efficient Channel Attention",
+          paper="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks "
+                "(CVPR 2020, arXiv:1910.03151)",
+          year=2020, kind="channel", seed="004 s3; 001 ECANet")
+class EfficientChannelAttention(AttentionModule):
+    """y = x * sigmoid(conv1d_k(GAP(x))): a 1-D convolution over the channel axis, no bias.
+
+    The kernel size k adapts to C (:func:`eca_kernel_size`); the official ImageNet weights were
+    trained with hand-set k = 3, 5, 5, 7 per stage, which ``kernel_size=`` reproduces.
+
+    Args:
+        channels: input channels C.
+        kernel_size: an odd k overriding the adaptive rule.
+        gamma, beta: constants of the adaptive rule (default 2 and 1).
+        gate_layer: the gate (default ``"sigmoid"``).
+    """
+
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2,
+                 beta: float = 1, gate_layer: LayerSpec = "sigmoid") -> None:
+        super().__init__(channels)
+        owner = type(self).__name__
+        if kernel_size is None:
+            kernel_size = eca_kernel_size(channels, gamma, beta)
+        check_positive_int(kernel_size, "kernel_size", owner)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{owner}: kernel_size must be odd, got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.gate = create_act(gate_layer, owner=owner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        b, c = x.shape[:2]
+        s = x.mean((2, 3)).view(b, 1, c)  # (B, 1, C): channels as a sequence
+        s = self.conv(s).view(b, c, 1, 1)
+        return x * self.gate(s)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}"
