@@ -71,3 +71,29 @@ def text_table(channels: int = TABLE_CHANNELS) -> str:
     lines = [fmt(head), fmt(["-" * w for w in widths])]
     lines += [fmt(b) for b in body]
     return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- modules:start -->", "<!-- modules:end -->"
+
+
+def update_readme(path: str) -> bool:
+    """Write the current :func:`markdown_table` between the markers of the README at ``path``.
+    Returns True if the file changed."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if START not in text or END not in text:
+        raise ValueError(f"{path}: the markers {START} and {END} are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{markdown_table()}{END}{tail}"
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    changed = update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    print("README table updated" if changed else "README table already up to date")

@@ -18,9 +18,12 @@ class CLIError(Exception):
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import text_table
+    from .catalog import markdown_table, text_table
 
-    sys.stdout.write(text_table(args.channels))
+    if args.channels < 1:
+        raise CLIError(f"--channels must be a positive int, got {args.channels}")
+    table = markdown_table if args.format == "markdown" else text_table
+    sys.stdout.write(table(args.channels))
     return 0
 
 
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="print the table of modules")
     p.add_argument("--channels", type=int, default=256, help="C at which parameters are counted")
+    p.add_argument("--format", choices=("text", "markdown"), default="text",
+                   help="a terminal table or the README's markdown table")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("demo", help="build every module and check a forward/backward pass")
