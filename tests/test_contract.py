@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import ALL_MODULES, channels_for, min_size
 from torch.func import functional_call
 
 import chanattn
+from conftest import ALL_MODULES, channels_for, min_size
 
 # (C, H, W): square and not, odd sizes, and 1 x 1 where a module takes it.
 SHAPES = [(16, 1, 1), (32, 7, 9), (16, 13, 13), (64, 9, 7), (16, 2, 3)]
@@ -106,13 +106,17 @@ def test_kind_invariant(name):
     elif kind == "spatial":
         # one factor per (b, h, w): constant over C
         torch.testing.assert_close(factor, factor[:, :1].expand_as(factor), rtol=1e-5, atol=1e-6)
-    elif kind == "hybrid":
-        # a factor that varies over channels and positions, but still a factor: y = x * a(x)
-        # with a bounded and positive for the gates here (sigmoid, 1 + sigmoid)
-        assert torch.isfinite(factor).all()
     else:
-        assert kind in ("branch", "communication")
+        assert kind in ("hybrid", "branch", "communication")
+    if kind in ("branch", "communication"):
         pytest.skip(f"a {kind} module is not a gate on its input; no factor invariant")
+    # a gate: y = x * a(x), so wherever x is 0, y is 0 (whatever a(x) is)
+    mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.3
+    x0 = x.masked_fill(mask, 0.0)
+    with torch.no_grad():
+        y0 = m(x0)
+    assert torch.isfinite(y0).all()
+    assert (y0[mask] == 0).all(), f"{name}: output not zero where the input is zero"
 
 
 @pytest.mark.parametrize("name", ALL_MODULES)
@@ -120,7 +124,7 @@ def test_torch_compile_eager_backend_matches(name):
     torch._dynamo.reset()
     m = _eval_module(name)
     x = _input(m, 2, 7, 7)
-    compiled = torch.compile(m, backend="eager", fullgraph=False)
+    compiled = torch.compile(m, backend="eager", fullgraph=True)  # no graph breaks
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-6)
 

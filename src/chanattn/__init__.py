@@ -13,12 +13,12 @@ from .registry import KINDS, ModuleInfo, create, list_modules, module_info, regi
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttentionModule",
     "KINDS",
+    "AttentionModule",
     "ModuleInfo",
+    "__version__",
     "create",
     "list_modules",
     "module_info",
     "register",
-    "__version__",
 ]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .registry import create, list_modules, module_info
 
-__all__ = ["Row", "rows", "markdown_table", "text_table", "count_parameters"]
+__all__ = ["Row", "count_parameters", "markdown_table", "rows", "text_table"]
 
 #: The channel count the table's parameter column is taken at.
 TABLE_CHANNELS = 256

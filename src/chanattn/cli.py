@@ -71,7 +71,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             ok = ok and ye.shape == x.shape and bool(torch.isfinite(ye).all())
             ms = sorted(times)[len(times) // 2] * 1e3
             status = "ok" if ok else "FAILED (shape or non-finite values)"
-            print(f"{name:<16} {info.kind:<14} {count_parameters(m):>10,} {str(tuple(y.shape[1:])):>13} "
+            print(f"{name:<16} {info.kind:<14} {count_parameters(m):>10,} {tuple(y.shape[1:])!s:>13} "
                   f"{ms:>8.2f}  {status}")
         except Exception as exc:  # report every module, then fail at the end
             ok = False

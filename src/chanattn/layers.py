@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -13,16 +13,16 @@ from torch import nn
 __all__ = [
     "AttentionModule",
     "LayerSpec",
+    "check_positive_int",
     "create_act",
+    "largest_divisor_at_most",
     "make_divisible",
     "reduced_channels",
-    "check_positive_int",
-    "largest_divisor_at_most",
 ]
 
 #: A layer given by name (``"relu"``), by class or factory (``nn.ReLU``), or as a module instance
 #: (copied for each use).
-LayerSpec = Union[str, Callable[[], nn.Module], nn.Module, None]
+LayerSpec = str | Callable[[], nn.Module] | nn.Module | None
 
 
 _ACTS: dict[str, Callable[[], nn.Module]] = {
@@ -101,7 +101,7 @@ def reduced_channels(channels: int, rd_ratio: float, rd_channels: int | None = N
     if rd_divisor is not None:
         check_positive_int(rd_divisor, "rd_divisor", owner)
         return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
-    return max(1, int(math.floor(channels * rd_ratio + 1e-6)))
+    return max(1, math.floor(channels * rd_ratio + 1e-6))
 
 
 def check_positive_int(value, what: str, owner: str) -> int:

@@ -8,12 +8,13 @@ a name (title, paper, year, kind, seed file).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["KINDS", "ModuleInfo", "register", "create", "list_modules", "module_info", "resolve_name"]
+__all__ = ["KINDS", "ModuleInfo", "create", "list_modules", "module_info", "register", "resolve_name"]
 
 #: The kinds a module can be (see MODULES.md).
 KINDS = ("channel", "spatial", "hybrid", "branch", "communication")

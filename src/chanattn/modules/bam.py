@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import (AttentionModule, LayerSpec, check_positive_int, create_act,
-                      reduced_channels)
+from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..registry import register
 
 __all__ = ["BottleneckAttention"]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import (AttentionModule, LayerSpec, check_positive_int, create_act,
-                      reduced_channels)
+from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..registry import register
 
-__all__ = ["CBAMChannelAttention", "CBAMSpatialAttention", "CBAM"]
+__all__ = ["CBAM", "CBAMChannelAttention", "CBAMSpatialAttention"]
 
 _PAPER = "CBAM: Convolutional Block Attention Module (ECCV 2018, arXiv:1807.06521)"
 

@@ -12,7 +12,7 @@ from torch import nn
 from ..layers import AttentionModule, LayerSpec, create_act, reduced_channels
 from ..registry import register
 
-__all__ = ["GatherExcite", "GatherExciteThetaMinus", "GatherExciteTheta", "GatherExciteThetaPlus"]
+__all__ = ["GatherExcite", "GatherExciteTheta", "GatherExciteThetaMinus", "GatherExciteThetaPlus"]
 
 _PAPER = ("Gather-Excite: Exploiting Feature Context in Convolutional Neural Networks "
           "(NeurIPS 2018, arXiv:1810.12348)")
@@ -78,7 +78,7 @@ class GatherExcite(AttentionModule):
                     nn.BatchNorm2d(channels),
                 )
             else:
-                steps = int(round(math.log2(extent))) if extent >= 2 else -1
+                steps = round(math.log2(extent)) if extent >= 2 else -1
                 if steps < 1 or 2 ** steps != extent:
                     raise ValueError(
                         f"{owner}: with a parametric gather, extent must be 0 or a power of two "

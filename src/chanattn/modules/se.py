@@ -10,10 +10,11 @@ from torch import nn
 from ..layers import AttentionModule, LayerSpec, create_act, reduced_channels
 from ..registry import register
 
-__all__ = ["SqueezeExcite", "SEVar1", "SEVar2", "SEVar3"]
+__all__ = ["SEVar1", "SEVar2", "SEVar3", "SqueezeExcite"]
 
 _SE_PAPER = "Squeeze-and-Excitation Networks (CVPR 2018, arXiv:1709.01507)"
-_ECA_PAPER = "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks (CVPR 2020, arXiv:1910.03151)"
+_ECA_PAPER = ("ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks "
+              "(CVPR 2020, arXiv:1910.03151)")
 
 
 @register("se", title="Squeeze-and-Excitation", paper=_SE_PAPER, year=2018, kind="channel",

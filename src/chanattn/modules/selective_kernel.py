@@ -7,8 +7,14 @@ import math
 import torch
 from torch import nn
 
-from ..layers import (AttentionModule, LayerSpec, check_positive_int, create_act,
-                      largest_divisor_at_most, reduced_channels)
+from ..layers import (
+    AttentionModule,
+    LayerSpec,
+    check_positive_int,
+    create_act,
+    largest_divisor_at_most,
+    reduced_channels,
+)
 from ..registry import register
 
 __all__ = ["SelectiveKernel"]
