@@ -81,3 +81,14 @@ def test_activation_names_and_callables():
     assert isinstance(m.act, torch.nn.LeakyReLU) and m.act.negative_slope == 0.2
     with pytest.raises(ValueError, match="SqueezeExcite: unknown activation 'relux'"):
         chanattn.create("se", 32, act_layer="relux")
+
+
+def test_no_weight_decay_names_collects_full_names_in_a_model():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), chanattn.create("srm", 16), chanattn.create("gct", 16),
+        chanattn.create("se", 16),
+    )
+    names = chanattn.no_weight_decay_names(model)
+    assert names == {"1.cfc", "1.bn.weight", "1.bn.bias", "2.beta"}
+    assert names <= dict(model.named_parameters()).keys()
+    assert chanattn.no_weight_decay_names(chanattn.create("gct", 8)) == {"beta"}

@@ -7,7 +7,7 @@ torch.Size([2, 256, 14, 14])
 
 from __future__ import annotations
 
-from .layers import AttentionModule
+from .layers import AttentionModule, no_weight_decay_names
 from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register
 
 __version__ = "0.1.0"
@@ -20,5 +20,6 @@ __all__ = [
     "create",
     "list_modules",
     "module_info",
+    "no_weight_decay_names",
     "register",
 ]

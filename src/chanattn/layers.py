@@ -12,6 +12,7 @@ from torch import nn
 
 __all__ = [
     "AttentionModule",
+    "no_weight_decay_names",
     "LayerSpec",
     "check_positive_int",
     "create_act",
@@ -190,3 +191,17 @@ class AttentionModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names (as in ``model.named_parameters()``) of the parameters that the attention
+    modules inside ``model`` ask to train without weight decay (their ``no_weight_decay()``).
+
+    Norm layers and biases are the trainer's own choice and are not listed here.
+    """
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, AttentionModule):
+            for name in module.no_weight_decay():
+                names.add(f"{prefix}.{name}" if prefix else name)
+    return names
