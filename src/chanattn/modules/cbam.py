@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
+from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
 from ..registry import register
+from .se import SqueezeExcite
 
 __all__ = ["CBAM", "CBAMChannelAttention", "CBAMSpatialAttention"]
 
@@ -16,8 +17,11 @@ _PAPER = "CBAM: Convolutional Block Attention Module (ECCV 2018, arXiv:1807.0652
 
 @register("cbam_channel", title="CBAM channel attention", paper=_PAPER, year=2018,
           kind="channel", seed="004 s4")
-class CBAMChannelAttention(AttentionModule):
+class CBAMChannelAttention(SqueezeExcite):
     """y = x * sigmoid(MLP(GAP(x)) + MLP(GMP(x))), one MLP C -> C/r -> C shared by both poolings.
+
+    The MLP is SE's (:class:`~chanattn.modules.se.SqueezeExcite`: ``fc1``, ``act``, ``fc2``,
+    ``gate``, same arguments and defaults); CBAM feeds it the max-pooled descriptor as well.
 
     Args:
         channels: input channels C.
@@ -27,18 +31,6 @@ class CBAMChannelAttention(AttentionModule):
         bias: the MLP has biases (default True: the official code's ``nn.Linear``; timm's
             ``CbamModule`` defaults to ``mlp_bias=False``).
     """
-
-    def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None,
-                 rd_divisor: int | None = None, act_layer: LayerSpec = "relu",
-                 gate_layer: LayerSpec = "sigmoid", bias: bool = True) -> None:
-        super().__init__(channels)
-        owner = type(self).__name__
-        hidden = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor, owner=owner)
-        self.rd_channels = hidden
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
-        self.act = create_act(act_layer, owner=owner)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
-        self.gate = create_act(gate_layer, owner=owner)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel factor, (B, C, 1, 1)."""
@@ -51,9 +43,6 @@ class CBAMChannelAttention(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return x * self.attention(x)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, rd_channels={self.rd_channels}"
 
 
 @register("cbam_spatial", title="CBAM spatial attention", paper=_PAPER, year=2018,
