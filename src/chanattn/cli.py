@@ -1,6 +1,7 @@
 """The ``chanattn`` command line.
 
     chanattn list            the module table
+    chanattn models          the architectures of create_model
     chanattn demo            every module built, run forward and backward on a random batch
 """
 
@@ -24,6 +25,28 @@ def _cmd_list(args: argparse.Namespace) -> int:
         raise CLIError(f"--channels must be a positive int, got {args.channels}")
     table = markdown_table if args.format == "markdown" else text_table
     sys.stdout.write(table(args.channels))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import FAMILIES, count_params, create_model, list_models, model_info
+
+    if args.family is not None and args.family not in FAMILIES:
+        raise CLIError(f"--family must be one of {', '.join(FAMILIES)}, got {args.family!r}")
+    names = list_models(args.family)
+    head = f"{'name':<18} {'family':<9} {'input':<10} {'classes':>7}"
+    head += f" {'params':>12}" if args.params else ""
+    print(f"{head}  description")
+    print("-" * (len(head) + 13))
+    for name in names:
+        info = model_info(name)
+        line = (f"{name:<18} {info.family:<9} {'x'.join(map(str, info.input_size)):<10} "
+                f"{info.num_classes:>7}")
+        if args.params:
+            line += f" {count_params(create_model(name)):>12,}"
+        print(f"{line}  {info.description}")
+    print(f"\n{len(names)} architectures; chanattn.create_model(name, attn=<module>) puts any module of "
+          "`chanattn list` in them")
     return 0
 
 
@@ -93,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "markdown"), default="text",
                    help="a terminal table or the README's markdown table")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("models", help="print the architectures of create_model")
+    p.add_argument("--family", default=None, help="only this family (cifar, imagenet, mobile, plain)")
+    p.add_argument("--params", action="store_true", help="build each model and count its parameters")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("demo", help="build every module and check a forward/backward pass")
     p.add_argument("--shape", default="8x64x14x14", help="input batch BxCxHxW (default 8x64x14x14)")

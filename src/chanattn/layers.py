@@ -12,12 +12,12 @@ from torch import nn
 
 __all__ = [
     "AttentionModule",
-    "no_weight_decay_names",
     "LayerSpec",
     "check_positive_int",
     "create_act",
     "largest_divisor_at_most",
     "make_divisible",
+    "no_weight_decay_names",
     "reduced_channels",
 ]
 

@@ -1,0 +1,27 @@
+"""Backbones that take any attention module, and :func:`attach` for the models users already have.
+
+>>> import chanattn
+>>> model = chanattn.create_model("resnet56", attn="eca", num_classes=100)
+>>> "resnet56" in chanattn.list_models()
+True
+"""
+
+from __future__ import annotations
+
+from .attachment import Insertion, attach, find_blocks
+from .profile import count_macs, count_params
+from .registry import FAMILIES, ModelInfo, create_model, list_models, model_info, register_model
+
+__all__ = [
+    "FAMILIES",
+    "Insertion",
+    "ModelInfo",
+    "attach",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "find_blocks",
+    "list_models",
+    "model_info",
+    "register_model",
+]

@@ -1,0 +1,407 @@
+"""``attach``: put an attention module into a model that already exists (and may have weights).
+
+It finds the residual blocks it knows, groups them into stages, and inserts the module where
+:func:`chanattn.create_model` puts it (MODULES.md, "Placement in ResNets"). How it inserts, so
+that every existing parameter keeps its state-dict key (a checkpoint of the model without
+attention still loads, and only the new modules are new):
+
+- torchvision's ``BasicBlock``, ``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet) and MobileNetV2's
+  ``InvertedResidual``: the block's class becomes a subclass of its own class (defined here, one
+  per block type) whose ``forward`` applies ``self.attn`` after the branch's last BN and before
+  the addition; the module is registered as the block's ``attn``. The result has the same
+  parameters, in the same order and under the same names, as ``create_model`` gives.
+- timm's ``BasicBlock`` and ``Bottleneck`` (ResNet, ResNeXt, SE/ECA-ResNet families): timm's own
+  attention slot ``se``, which timm applies after the last BN; a block whose slot is taken (an
+  SE-ResNet) is an error, not a second module.
+- chanattn's own blocks: their ``attn`` slot.
+- ``bam`` (after a stage): appended to the stage's ``nn.Sequential`` (``layer1`` ...), or, where
+  the stage has no container of its own (MobileNetV2's flat ``features``), its last block is
+  wrapped in :class:`~chanattn.models.placement.AttnAfter`.
+
+The model is changed in place (the new modules on the device and dtype of the model's
+parameters, in its train/eval mode) and returned.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..layers import AttentionModule
+from .placement import AttnAfter, AttnPlan, AttnSpec, stage_end_flags
+
+__all__ = ["Insertion", "attach", "find_blocks"]
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """One module that :func:`attach` inserted.
+
+    Attributes:
+        path: the new module's name in the model (``"layer1.0.attn"``).
+        target: the block (or stage, or module) it acts in or after (``"layer1.0"``).
+        channels: its channel count.
+        module: its class name.
+        where: ``"block"`` (on the residual branch of ``target``), ``"after"`` (on the output of
+            ``target``).
+    """
+
+    path: str
+    target: str
+    channels: int
+    module: str
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.module}({self.channels}) {self.where} {self.target}"
+
+
+# --- the blocks attach knows -------------------------------------------------------------------
+
+
+def _tv_basic_forward(self, x: torch.Tensor) -> torch.Tensor:
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    if self.attn is not None:
+        out = self.attn(out)
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return self.relu(out + shortcut)
+
+
+def _tv_bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    if self.attn is not None:
+        out = self.attn(out)
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return self.relu(out + shortcut)
+
+
+def _tv_inverted_residual_forward(self, x: torch.Tensor) -> torch.Tensor:
+    out = self.conv(x)
+    if self.attn is not None:
+        out = self.attn(out)
+    return x + out if self.use_res_connect else out
+
+
+#: name of the subclass -> (module and name of the torchvision block, the forward with attention)
+_SUBCLASSES: dict[str, tuple[str, str, Callable]] = {
+    "TorchvisionBasicBlockWithAttn": ("torchvision.models.resnet", "BasicBlock", _tv_basic_forward),
+    "TorchvisionBottleneckWithAttn": ("torchvision.models.resnet", "Bottleneck", _tv_bottleneck_forward),
+    "TorchvisionInvertedResidualWithAttn": ("torchvision.models.mobilenetv2", "InvertedResidual",
+                                            _tv_inverted_residual_forward),
+}
+_BUILT: dict[str, type] = {}
+
+
+def _subclass(name: str) -> type:
+    """The block subclass ``name``, built on first use (torchvision is imported only then)."""
+    if name not in _BUILT:
+        module, base_name, forward = _SUBCLASSES[name]
+        base = getattr(importlib.import_module(module), base_name)
+        doc = (f"torchvision's {base_name} with an attention module ``attn`` after the residual "
+               "branch's last BN (set by chanattn.attach).")
+        _BUILT[name] = type(name, (base,), {"forward": forward, "__module__": __name__,
+                                            "__qualname__": name, "__doc__": doc})
+    return _BUILT[name]
+
+
+def __getattr__(name: str):
+    # The subclasses are module attributes (so that pickle finds them) built on first access.
+    if name in _SUBCLASSES:
+        return _subclass(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class _BlockType:
+    channels: Callable[[nn.Module], int]
+    slot: str  # the attribute that holds the attention module
+    subclass: str | None = None  # the class the block becomes (torchvision), else None
+
+
+def _last_bn(attr: str) -> Callable[[nn.Module], int]:
+    return lambda block: getattr(block, attr).num_features
+
+
+_KNOWN: dict[tuple[str, str], _BlockType] = {
+    ("torchvision.models.resnet", "BasicBlock"): _BlockType(_last_bn("bn2"), "attn",
+                                                            "TorchvisionBasicBlockWithAttn"),
+    ("torchvision.models.resnet", "Bottleneck"): _BlockType(_last_bn("bn3"), "attn",
+                                                            "TorchvisionBottleneckWithAttn"),
+    ("torchvision.models.mobilenetv2", "InvertedResidual"): _BlockType(
+        lambda block: block.conv[-1].num_features, "attn", "TorchvisionInvertedResidualWithAttn"),
+    ("timm.models.resnet", "BasicBlock"): _BlockType(_last_bn("bn2"), "se"),
+    ("timm.models.resnet", "Bottleneck"): _BlockType(_last_bn("bn3"), "se"),
+}
+_OWN = (("chanattn.models.resnet", "BasicBlock"), ("chanattn.models.resnet", "Bottleneck"),
+        ("chanattn.models.wide_resnet", "WideBasicBlock"), ("chanattn.models.plain_cnn", "ConvLayer"),
+        ("chanattn.models.mobilenet", "InvertedResidual"))
+for _key in _OWN:
+    _KNOWN[_key] = _BlockType(lambda block: block.out_channels, "attn")
+for _kind in list(_KNOWN.values()):  # a torchvision block after attach is still that block
+    if _kind.subclass is not None:
+        _KNOWN[(__name__, _kind.subclass)] = _kind
+
+_KNOWN_NAMES = ("torchvision BasicBlock, Bottleneck (ResNet, ResNeXt, Wide-ResNet) and InvertedResidual "
+                "(MobileNetV2); timm BasicBlock, Bottleneck (ResNet family); chanattn's blocks")
+
+
+def _block_type(module: nn.Module) -> _BlockType | None:
+    cls = type(module)
+    return _KNOWN.get((cls.__module__, cls.__name__))
+
+
+@dataclass
+class _Block:
+    name: str
+    module: nn.Module
+    kind: _BlockType
+    channels: int
+    parent: str
+    stride: int
+
+
+def _stride(block: nn.Module) -> int:
+    s = getattr(block, "stride", 1)
+    return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+
+def _split(name: str) -> tuple[str, str]:
+    parent, _, child = name.rpartition(".")
+    return parent, child
+
+
+def find_blocks(model: nn.Module) -> list[tuple[str, int]]:
+    """The residual blocks of ``model`` that :func:`attach` knows, as (name, channels) in order."""
+    return [(b.name, b.channels) for b in _blocks(model)]
+
+
+def _blocks(model: nn.Module) -> list[_Block]:
+    found = []
+    for name, module in model.named_modules():
+        kind = _block_type(module)
+        if kind is not None:
+            found.append(_Block(name, module, kind, kind.channels(module), _split(name)[0], _stride(module)))
+    return found
+
+
+def _stages(blocks: list[_Block]) -> list[list[_Block]]:
+    """Runs of consecutive blocks with the same parent and the same channel count."""
+    stages: list[list[_Block]] = []
+    for b in blocks:
+        if stages and stages[-1][-1].parent == b.parent and stages[-1][-1].channels == b.channels:
+            stages[-1].append(b)
+        else:
+            stages.append([b])
+    return stages
+
+
+# --- inserting ----------------------------------------------------------------------------------
+
+
+def _place(model: nn.Module, ref: nn.Module, module: nn.Module) -> nn.Module:
+    """``module`` on the device and dtype of ``ref``'s parameters, in ``model``'s mode."""
+    p = next(ref.parameters(), None)
+    if p is None:
+        p = next(model.parameters(), None)
+    if p is not None:
+        module = module.to(device=p.device, dtype=p.dtype if p.is_floating_point() else None)
+    return module.train(model.training)
+
+
+def _into_block(model: nn.Module, block: _Block, module: nn.Module) -> Insertion:
+    slot = block.kind.slot
+    if getattr(block.module, slot, None) is not None:
+        have = type(getattr(block.module, slot)).__name__
+        raise ValueError(f"attach: block {block.name} ({type(block.module).__name__}) already has an "
+                         f"attention module in its {slot!r} slot ({have}); attach does not add a second")
+    if block.kind.subclass is not None:
+        block.module.__class__ = _subclass(block.kind.subclass)
+    setattr(block.module, slot, _place(model, block.module, module))
+    return Insertion(f"{block.name}.{slot}", block.name, block.channels, type(module).__name__, "block")
+
+
+def _after(model: nn.Module, name: str, target: nn.Module, module: nn.Module, channels: int) -> Insertion:
+    module = _place(model, target, module)
+    if isinstance(target, nn.Sequential):
+        path = f"{name}.{len(target)}" if name else str(len(target))
+        target.append(module)
+    else:
+        if not name:
+            raise ValueError("attach: the model itself cannot be a target; name one of its modules")
+        parent_name, child = _split(name)
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, AttnAfter(target, module))
+        path = f"{name}.attn"
+    return Insertion(path, name, channels, type(module).__name__, "after")
+
+
+def _stage_container(model: nn.Module, stage: list[_Block]) -> tuple[str, nn.Module]:
+    """Where a stage's module goes after it: the Sequential that holds this stage and no other
+    block, ending with the stage's last block (ResNet's ``layer<i>``), else the last block."""
+    parent_name = stage[0].parent
+    parent = model.get_submodule(parent_name)
+    if parent_name and isinstance(parent, nn.Sequential):
+        children = list(parent.children())
+        blocks = [m for m in children if _block_type(m) is not None]
+        if children[-1] is stage[-1].module and {id(m) for m in blocks} == {id(b.module) for b in stage}:
+            return parent_name, parent
+    return stage[-1].name, stage[-1].module
+
+
+def _infer_channels(name: str, module: nn.Module) -> int:
+    """The output channels of a target module."""
+    kind = _block_type(module)
+    if kind is not None:
+        return kind.channels(module)
+    for m in reversed(list(module.modules())):  # the last registered layer first
+        for attr in ("num_features", "num_channels", "out_channels"):
+            value = getattr(m, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    raise ValueError(f"attach: cannot tell the output channels of target {name!r} "
+                     f"({type(module).__name__}); target a norm, convolution or block")
+
+
+def _resolve_targets(model: nn.Module, targets) -> list[tuple[str, nn.Module]]:
+    modules = dict(model.named_modules())
+    if callable(targets) and not isinstance(targets, nn.Module):
+        chosen = [(n, m) for n, m in modules.items() if n and targets(n, m)]
+    else:
+        names = [targets] if isinstance(targets, str) else list(targets)
+        for n in names:
+            if not isinstance(n, str) or n not in modules or not n:
+                close = difflib.get_close_matches(str(n), [k for k in modules if k], n=5, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"attach: the model has no module named {n!r}{hint}")
+        wanted = set(names)
+        chosen = [(n, m) for n, m in modules.items() if n in wanted]
+    if not chosen:
+        raise ValueError(f"attach: targets={targets!r} chose no module of the model")
+    return chosen
+
+
+def _module_types(model: nn.Module) -> str:
+    types = sorted({f"{type(m).__name__}" for m in model.modules() if m is not model
+                    and not type(m).__module__.startswith("torch.nn")})
+    if not types:
+        types = sorted({type(m).__name__ for m in model.modules() if m is not model})
+    return ", ".join(types[:20]) + (" ..." if len(types) > 20 else "") if types else "none"
+
+
+def _existing_attention(model: nn.Module) -> list[str]:
+    """Names of the chanattn attention already in ``model`` (outermost ones only)."""
+    subclasses = tuple(_BUILT.values())
+    found: list[str] = []
+    for n, m in model.named_modules():
+        if any(n.startswith(f"{f}.") for f in found):
+            continue
+        if isinstance(m, (AttentionModule, AttnAfter)):
+            found.append(n or type(m).__name__)
+        elif subclasses and isinstance(m, subclasses) and m.attn is not None:
+            found.append(f"{n}.attn")
+    return found
+
+
+def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Callable | None = None, *,
+           return_report: bool = False, **kwargs):
+    """Insert the attention module ``name`` into every residual block of ``model``, in place.
+
+    Placement as :func:`chanattn.create_model` (MODULES.md): per block on the residual branch
+    after the last BN and before the addition, with the block's channel count; ``bam`` after each
+    stage that is followed by a downsampling (where each stage has its own ``nn.Sequential``, as
+    ``layer1`` ... ``layer4``: after every stage but the last; else before each stride-2 block);
+    ``dia`` one shared cell per stage (a stage: consecutive blocks with the same parent and the
+    same channels); ``gsop`` in the last block of each stage. ``sk`` replaces convolutions,
+    whose weights attach would drop: it is an error (use ``create_model(arch, attn="sk")``).
+    Existing parameters keep their names and values; see the module docstring for how each block
+    type is changed.
+
+    Known blocks: torchvision ResNet/ResNeXt/Wide-ResNet (``BasicBlock``, ``Bottleneck``) and
+    MobileNetV2 (``InvertedResidual``), timm's ResNet family (``BasicBlock``, ``Bottleneck``),
+    and the blocks of :mod:`chanattn.models`.
+
+    Args:
+        model: the model (changed in place).
+        name: a registered module name, or a callable ``f(channels, **kwargs)`` returning a module.
+        targets: choose the places instead: module names, or a predicate ``f(name, module) ->
+            bool``. A known block gets the module on its residual branch (as above); any other
+            module gets it on its output (appended to an ``nn.Sequential``, else the module is
+            wrapped in :class:`~chanattn.models.placement.AttnAfter`, whose state dict still
+            loads checkpoints saved without it). With targets, every place gets its own module
+            (``dia``: a one-block stage each).
+        return_report: also return the list of :class:`Insertion` (where, which channels).
+        **kwargs: options for the module's constructor.
+
+    Returns:
+        ``model``, or ``(model, report)`` with ``return_report=True``.
+
+    Raises:
+        ValueError: the model has chanattn attention already (attach twice), a block's slot is
+            taken, the model has no block attach knows (the message lists its module types), an
+            unknown target, or ``sk``.
+
+    Example:
+        >>> import torchvision, chanattn
+        >>> model, report = chanattn.attach(torchvision.models.resnet18(), "se", return_report=True)
+        >>> str(report[0])
+        'layer1.0.attn: SqueezeExcite(64) block layer1.0'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach: model must be an nn.Module, got {type(model).__name__}")
+    plan = AttnPlan(name, kwargs, owner="attach")
+    if plan.replaces_conv:
+        raise ValueError("attach: 'sk' replaces the blocks' 3x3 convolutions, so attaching it would drop "
+                         "their weights; build the model with create_model(arch, attn='sk') instead")
+    existing = _existing_attention(model)
+    if existing:
+        shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise ValueError(f"attach: the model already has chanattn attention modules ({shown}); attach "
+                         "inserts once, not a second module per block")
+    report: list[Insertion] = []
+    if targets is not None:
+        # the deepest first, so that wrapping a module never renames a target inside it
+        for tname, target in reversed(_resolve_targets(model, targets)):
+            channels = _infer_channels(tname, target)
+            module = plan.new(channels)  # dia: a one-block stage of its own
+            kind = _block_type(target)
+            if kind is not None:
+                block = _Block(tname, target, kind, channels, _split(tname)[0], _stride(target))
+                report.append(_into_block(model, block, module))
+            else:
+                report.append(_after(model, tname, target, module, channels))
+        report.reverse()
+        return (model, report) if return_report else model
+
+    blocks = _blocks(model)
+    if not blocks:
+        raise ValueError(f"attach: {type(model).__name__} has no residual block that attach knows "
+                         f"(it knows {_KNOWN_NAMES}); module types found: {_module_types(model)}; "
+                         "pass targets= (module names or a predicate) to choose the places")
+    stages = _stages(blocks)
+    if plan.placement == "stage":
+        places = [_stage_container(model, stage) for stage in stages]
+        if all(isinstance(target, nn.Sequential) for _, target in places):
+            # every stage in a container of its own (ResNet's layer1 ... layerN): the stages are
+            # separated by downsampling (a strided block or a pooling between the containers)
+            after = [i + 1 < len(stages) for i in range(len(stages))]
+        else:
+            after = stage_end_flags([stage[0].stride for stage in stages])
+        for stage, (where, target), flag in zip(stages, places, after):
+            if flag:
+                report.append(_after(model, where, target, plan.stage_module(stage[0].channels),
+                                     stage[0].channels))
+    else:
+        for stage in stages:
+            modules = plan.block_modules(stage[0].channels, len(stage))
+            for block, module in zip(stage, modules):
+                if module is not None:
+                    report.append(_into_block(model, block, module))
+    return (model, report) if return_report else model

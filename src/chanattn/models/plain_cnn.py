@@ -1,0 +1,116 @@
+"""A plain (non-residual) CNN: the baseline that seed 000 (Channel Locality Block: A Variant of
+Squeeze-and-Excitation, Li 2019, https://arxiv.org/abs/1901.01493) compares the SE and C-Local
+blocks on, before its modified ResNets. The seed's table is an image and gives no architecture;
+this is a small VGG-style network of the kind such baselines use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
+from .registry import register_model
+from .resnet import ConvFactory, conv3x3
+
+__all__ = ["ConvLayer", "PlainCNN"]
+
+
+class ConvLayer(nn.Module):
+    """y = attn(ReLU(BN(conv3x3(x)))): one layer of the plain CNN.
+
+    Without a residual branch, the attention goes on the layer's output after the non-linearity,
+    where the SE paper puts SE in non-residual networks (VGG, Inception). With ``sk_conv`` (SK),
+    the convolution and its BN and ReLU are replaced by the SK unit.
+
+    Args:
+        in_channels, out_channels: channels.
+        attn: the attention module (None: none); sk_conv: builds the SK unit (None: a convolution).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, attn: nn.Module | None = None,
+                 sk_conv: ConvFactory | None = None) -> None:
+        super().__init__()
+        if sk_conv is None:
+            self.conv = conv3x3(in_channels, out_channels)
+            self.bn = nn.BatchNorm2d(out_channels)
+            self.act = nn.ReLU(inplace=True)
+        else:
+            self.conv = sk_conv(in_channels, out_channels, 1)
+            self.bn = nn.Identity()
+            self.act = nn.Identity()
+        self.stride = 1
+        self.out_channels = out_channels
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn(self.conv(x)))
+        if self.attn is not None:
+            out = self.attn(out)
+        return out
+
+
+class PlainCNN(nn.Module):
+    """Stages of ``layers_per_stage`` 3x3 conv-BN-ReLU layers (``widths`` channels), 2x2 max
+    pooling between the stages, global average pooling and a linear classifier.
+
+    Attention: after each layer's ReLU (``ConvLayer``); ``bam`` after every stage but the last
+    (before each pooling); ``sk`` in place of each convolution; ``dia`` one cell per stage; ``gsop``
+    in each stage's last layer.
+
+    Args:
+        widths: channels of the stages (default (32, 64, 128)).
+        layers_per_stage: default 2.
+        num_classes: default 10; in_chans: default 3.
+        attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`).
+    """
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128), layers_per_stage: int = 2,
+                 num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec = None,
+                 attn_kwargs: dict | None = None) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"{owner}: widths must be positive ints, got {widths!r}")
+        n = layers_per_stage
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{owner}: layers_per_stage must be a positive int, got {layers_per_stage!r}")
+        plan = AttnPlan(attn, attn_kwargs, owner=owner)
+        sk_conv = plan.conv3x3 if plan.replaces_conv else None
+        strides = [1] + [2] * (len(widths) - 1)  # each later stage starts after a 2x2 pooling
+        after = stage_end_flags(strides)
+        in_channels = in_chans
+        for i, width in enumerate(widths):
+            attns = plan.block_modules(width, layers_per_stage)
+            layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
+            for j in range(layers_per_stage):
+                layers.append(ConvLayer(in_channels, width, attn=attns[j], sk_conv=sk_conv))
+                in_channels = width
+            post = plan.stage_module(width) if after[i] else None
+            if post is not None:
+                layers.append(post)
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+        self.num_stages = len(widths)
+        self.num_features = in_channels
+        self.pool, features = make_pool("avg", in_channels, None, owner=owner)
+        self.fc = nn.Linear(features, num_classes)
+        init_backbone_(self, keep=plan.created)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.forward_features(x)))
+
+
+@register_model("plain_cnn", family="plain",
+                description="plain CNN (seed 000's baseline): 3 stages x 2 conv-BN-ReLU (32-64-128), "
+                            "0.29 M params")
+def plain_cnn(*, attn=None, attn_kwargs=None, num_classes=10, widths=(32, 64, 128), layers_per_stage=2,
+              in_chans=3) -> PlainCNN:
+    """The plain CNN baseline. See :class:`PlainCNN`."""
+    return PlainCNN(widths, layers_per_stage, num_classes, in_chans=in_chans, attn=attn,
+                    attn_kwargs=attn_kwargs)

@@ -1,0 +1,130 @@
+"""The model registry: architecture names -> factories, :func:`create_model` and :func:`list_models`."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .placement import AttnSpec
+
+__all__ = ["FAMILIES", "ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+
+#: The families of :func:`list_models`.
+FAMILIES = ("cifar", "imagenet", "mobile", "plain")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about an architecture.
+
+    Attributes:
+        name: the name :func:`create_model` takes (``"resnet56"``).
+        family: one of :data:`FAMILIES` (``"cifar"``: 32x32 inputs, ``"imagenet"``: 224x224 by
+            default, with a ``stem`` argument for small inputs).
+        description: one line.
+        input_size: the (C, H, W) the architecture is made for.
+        num_classes: the default number of classes.
+        factory: the function that builds it.
+    """
+
+    name: str
+    family: str
+    description: str
+    input_size: tuple[int, int, int]
+    num_classes: int
+    factory: Callable[..., nn.Module] = field(repr=False, compare=False)
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, family: str, description: str,
+                   input_size: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10):
+    """Decorator that registers a factory ``f(*, attn, attn_kwargs, num_classes, **options)``."""
+    if family not in FAMILIES:
+        raise ValueError(f"register_model({name!r}): family must be one of {FAMILIES}, got {family!r}")
+
+    def decorator(factory):
+        if name in _MODELS:
+            raise ValueError(f"register_model({name!r}): the name is already registered")
+        _MODELS[name] = ModelInfo(name, family, description, tuple(input_size), num_classes, factory)
+        return factory
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    from . import cifar_resnet, mobilenet, plain_cnn, resnet, wide_resnet  # noqa: F401
+
+
+def model_info(arch: str) -> ModelInfo:
+    """The :class:`ModelInfo` of ``arch``.
+
+    Raises:
+        ValueError: unknown name; the message lists the close matches.
+    """
+    _ensure_loaded()
+    if not isinstance(arch, str):
+        raise TypeError(f"chanattn: an architecture name must be a str, got {type(arch).__name__}")
+    key = arch.strip().lower().replace("-", "_")
+    if key in _MODELS:
+        return _MODELS[key]
+    close = difflib.get_close_matches(key, list(_MODELS), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"chanattn: unknown architecture {arch!r}{hint} (known: {', '.join(sorted(_MODELS))})")
+
+
+def _natural(name: str) -> list:
+    # "resnet8" < "resnet18" < "resnet110"
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Architecture names in natural order (``resnet8`` before ``resnet18``), optionally only those
+    of one ``family`` (:data:`FAMILIES`)."""
+    _ensure_loaded()
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"list_models: family must be one of {FAMILIES}, got {family!r}")
+    return sorted((n for n, info in _MODELS.items() if family is None or info.family == family), key=_natural)
+
+
+def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = None,
+                 attn_kwargs: dict | None = None, **kwargs) -> nn.Module:
+    """Build the architecture ``arch`` with the attention module ``attn`` in it.
+
+    ``attn`` goes where MODULES.md places it (per block on the residual branch after the last BN
+    and before the addition; ``bam`` after the stages that are followed by a downsampling;
+    ``sk`` in place of the 3x3 convolution; ``dia`` with one cell per stage; ``gsop`` in the last
+    block of each stage); see :mod:`chanattn.models.placement`.
+
+    Args:
+        arch: a name of :func:`list_models` (``"resnet20"``, ``"resnet50"``, ``"mobilenet_v2"``).
+        attn: a registered module name (:func:`chanattn.list_modules`), a callable
+            ``f(channels, **attn_kwargs)`` returning a module (placed per block), or None.
+        num_classes: default: the architecture's (10 for the CIFAR family, 1000 for ImageNet).
+        attn_kwargs: options for the attention module's constructor.
+        **kwargs: the architecture's options (``in_chans``, ``stem``, ``shortcut``, ``head``...).
+
+    Example:
+        >>> import torch, chanattn
+        >>> m = chanattn.create_model("resnet20", attn="se", num_classes=100)
+        >>> m(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 100])
+    """
+    info = model_info(arch)
+    if num_classes is None:
+        num_classes = info.num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"create_model({arch!r}): num_classes must be a positive int, got {num_classes!r}")
+    signature = inspect.signature(info.factory)
+    options = sorted(p for p in signature.parameters if p not in ("attn", "attn_kwargs", "num_classes"))
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"create_model({arch!r}): unknown option(s) {', '.join(unknown)} "
+                         f"(the options of {arch}: {', '.join(options)})")
+    return info.factory(attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes, **kwargs)

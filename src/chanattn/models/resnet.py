@@ -1,0 +1,299 @@
+"""ResNets with an attention module in every block: the basic and bottleneck blocks, and the ImageNet
+ResNet-18/34/50/101/152, ResNeXt-50 32x4d and Wide-ResNet-50-2.
+
+Deep Residual Learning for Image Recognition (He, Zhang, Ren, Sun; CVPR 2016,
+https://arxiv.org/abs/1512.03385); Aggregated Residual Transformations for Deep Neural Networks
+(Xie, Girshick, Dollár, Tu, He; CVPR 2017, https://arxiv.org/abs/1611.05431).
+
+The layer names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``fc``; in a
+block ``conv1`` ... ``bn3``, ``downsample``), so a torchvision checkpoint loads into the model
+without attention, and into one with attention with ``strict=False`` (only the attention is new).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
+from .registry import register_model
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_resnet_stage"]
+
+#: Builds the module that replaces a 3x3 convolution and the BN and ReLU after it (SK):
+#: ``f(in_channels, out_channels, stride)``.
+ConvFactory = Callable[[int, int, int], nn.Module]
+
+STEMS = ("imagenet", "cifar")
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """y = ReLU(attn(BN(conv3x3(ReLU(BN(conv3x3(x)))))) + shortcut(x)).
+
+    With ``sk_conv`` (SK), the first 3x3 convolution and the BN and ReLU after it are replaced by
+    the SK unit (which has a BN and a ReLU in each branch); the second convolution and its BN stay,
+    so the attention still sees the output of the branch's last BN, and no ReLU comes before the
+    addition (the first convolution is the one with the stride, as in SKNet's basic block).
+
+    Args:
+        in_channels, planes: input and output channels.
+        stride: of the first convolution.
+        downsample: the shortcut (None: identity).
+        attn: the attention module on the residual branch (None: none).
+        sk_conv: builds the replacement of the first 3x3 convolution (None: a convolution).
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, *, groups: int = 1, base_width: int = 64,
+                 attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError(f"BasicBlock supports only groups=1 and base_width=64, got "
+                             f"groups={groups}, base_width={base_width}")
+        if sk_conv is None:
+            self.conv1 = conv3x3(in_channels, planes, stride)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.act1 = nn.ReLU(inplace=True)
+        else:
+            self.conv1 = sk_conv(in_channels, planes, stride)
+            self.bn1 = nn.Identity()
+            self.act1 = nn.Identity()
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.out_channels = planes
+        self.attn = attn  # registered last, where attach() puts it in torchvision's blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act2(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """y = ReLU(attn(BN(conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1(x)))))))) + shortcut(x)).
+
+    The stride is on the 3x3 convolution (ResNet v1.5, as torchvision); ``groups`` and
+    ``base_width`` give ResNeXt's width = planes * base_width / 64 * groups. With ``sk_conv``
+    (SK), the 3x3 convolution and the BN and ReLU after it are replaced by the SK unit (SKNet's
+    bottleneck); SK uses its own ``groups`` (32 by default, ``attn_kwargs`` changes it).
+
+    Args:
+        in_channels: input channels; planes: the bottleneck width before ``groups``/``base_width``
+            (output channels = 4 * planes).
+        stride, downsample, attn, sk_conv: as :class:`BasicBlock`.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, *, groups: int = 1, base_width: int = 64,
+                 attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out_channels = planes * self.expansion
+        self.conv1 = conv1x1(in_channels, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU(inplace=True)
+        if sk_conv is None:
+            self.conv2 = conv3x3(width, width, stride, groups)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.act2 = nn.ReLU(inplace=True)
+        else:
+            self.conv2 = sk_conv(width, width, stride)
+            self.bn2 = nn.Identity()
+            self.act2 = nn.Identity()
+        self.conv3 = conv1x1(width, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.out_channels = out_channels
+        self.attn = attn  # registered last, where attach() puts it in torchvision's blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act3(out + shortcut)
+
+
+def make_resnet_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks: int,
+                      stride: int, plan: AttnPlan, *, make_downsample: Callable[[int, int, int], nn.Module],
+                      groups: int = 1, base_width: int = 64, stage_attn: bool = False) -> nn.Sequential:
+    """One stage: ``num_blocks`` blocks (the first with ``stride``), each with the attention of
+    ``plan``, and the stage's module (BAM) appended where ``stage_attn``.
+
+    ``make_downsample(in_channels, out_channels, stride)`` builds the shortcut where the first
+    block changes the shape.
+    """
+    out_channels = planes * block.expansion
+    attns = plan.block_modules(out_channels, num_blocks)
+    sk_conv = plan.conv3x3 if plan.replaces_conv else None
+    blocks: list[nn.Module] = []
+    for i in range(num_blocks):
+        s = stride if i == 0 else 1
+        cin = in_channels if i == 0 else out_channels
+        downsample = make_downsample(cin, out_channels, s) if (s != 1 or cin != out_channels) else None
+        blocks.append(block(cin, planes, s, downsample, groups=groups, base_width=base_width,
+                            attn=attns[i], sk_conv=sk_conv))
+    if stage_attn:
+        post = plan.stage_module(out_channels)
+        if post is not None:
+            blocks.append(post)
+    return nn.Sequential(*blocks)
+
+
+def _conv_downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+class ResNet(nn.Module):
+    """The ImageNet ResNet (and ResNeXt, Wide-ResNet-50-2) with an attention module.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        layers: blocks per stage (four stages, 64-128-256-512 planes).
+        num_classes: default 1000.
+        in_chans: input channels (default 3).
+        stem: ``"imagenet"`` (default): 7x7 stride-2 convolution and 3x3 stride-2 max pooling,
+            for 224x224 inputs; ``"cifar"``: a 3x3 stride-1 convolution and no pooling, for small
+            inputs (32x32: the last stage is 4x4 instead of 1x1).
+        groups, width_per_group: ResNeXt's cardinality and width (default 1, 64).
+        attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`). GSoP's
+            official ResNet-50 reduces with stride 2 in the first stage only, to save computation;
+            here every stage uses the module's default (stride 1), as :func:`chanattn.attach`
+            does (``attn_kwargs={"stride": 2}`` sets it for every stage).
+        head: ``"avg"`` (default, global average pooling) or ``"gsop"`` (GSoP-Net2's covariance
+            pooling head); head_kwargs: its options.
+        zero_init_residual: initialise the last BN of each residual branch to zero (default False).
+    """
+
+    def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 1000, *,
+                 in_chans: int = 3, stem: str = "imagenet", groups: int = 1, width_per_group: int = 64,
+                 attn: AttnSpec = None, attn_kwargs: dict | None = None, head: str = "avg",
+                 head_kwargs: dict | None = None, zero_init_residual: bool = False) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if stem not in STEMS:
+            raise ValueError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
+        plan = AttnPlan(attn, attn_kwargs, owner=owner)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        strides = (1, 2, 2, 2)
+        after = stage_end_flags(strides)
+        in_channels = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+            stage = make_resnet_stage(block, in_channels, planes, n, strides[i], plan,
+                                      make_downsample=_conv_downsample, groups=groups,
+                                      base_width=width_per_group, stage_attn=after[i])
+            self.add_module(f"layer{i + 1}", stage)
+            in_channels = planes * block.expansion
+        self.num_features = in_channels
+        self.avgpool, features = make_pool(head, in_channels, head_kwargs, owner=owner)
+        self.fc = nn.Linear(features, num_classes)
+        init_backbone_(self, keep=[*plan.created, self.avgpool])
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.avgpool(self.forward_features(x)))
+
+
+def _resnet(block, layers, *, attn, attn_kwargs, num_classes, **kwargs) -> ResNet:
+    return ResNet(block, layers, num_classes, attn=attn, attn_kwargs=attn_kwargs, **kwargs)
+
+
+_IMAGENET = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
+
+
+@register_model("resnet18", description="ResNet-18 (basic blocks, 2-2-2-2), 11.7 M params", **_IMAGENET)
+def resnet18(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+             head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(BasicBlock, (2, 2, 2, 2), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
+                   zero_init_residual=zero_init_residual)
+
+
+@register_model("resnet34", description="ResNet-34 (basic blocks, 3-4-6-3), 21.8 M params", **_IMAGENET)
+def resnet34(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+             head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(BasicBlock, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
+                   zero_init_residual=zero_init_residual)
+
+
+@register_model("resnet50", description="ResNet-50 (bottlenecks, 3-4-6-3), 25.56 M params", **_IMAGENET)
+def resnet50(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+             head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
+                   zero_init_residual=zero_init_residual)
+
+
+@register_model("resnet101", description="ResNet-101 (bottlenecks, 3-4-23-3), 44.5 M params", **_IMAGENET)
+def resnet101(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+              head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 23, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
+                   zero_init_residual=zero_init_residual)
+
+
+@register_model("resnet152", description="ResNet-152 (bottlenecks, 3-8-36-3), 60.2 M params", **_IMAGENET)
+def resnet152(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+              head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(Bottleneck, (3, 8, 36, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
+                   zero_init_residual=zero_init_residual)
+
+
+@register_model("resnext50_32x4d", description="ResNeXt-50 32x4d (grouped bottlenecks), 25.0 M params",
+                **_IMAGENET)
+def resnext50_32x4d(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+                    head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, groups=32, width_per_group=4, head=head,
+                   head_kwargs=head_kwargs, zero_init_residual=zero_init_residual)
+
+
+@register_model("wide_resnet50_2", description="Wide-ResNet-50-2 (bottlenecks twice as wide), 68.9 M params",
+                **_IMAGENET)
+def wide_resnet50_2(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
+                    head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
+                   in_chans=in_chans, stem=stem, width_per_group=128, head=head,
+                   head_kwargs=head_kwargs, zero_init_residual=zero_init_residual)
