@@ -109,19 +109,29 @@ def resolve_name(name: str) -> str:
         ValueError: unknown name; the message lists the close matches.
     """
     _ensure_loaded()
-    if not isinstance(name, str):
-        raise TypeError(f"chanattn: a module name must be a str, got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
+    key = normalize_name(name)
     if key in _REGISTRY:
         return key
     if key in _ALIASES:
         return _ALIASES[key]
-    known = sorted([*_REGISTRY, *_ALIASES])
-    close = difflib.get_close_matches(key, known, n=5, cutoff=0.5)
+    raise unknown_name_error("module", name, _REGISTRY, candidates=[*_REGISTRY, *_ALIASES])
+
+
+def normalize_name(name: str, what: str = "module") -> str:
+    """``name`` as a registry key: stripped, lower case, dashes as underscores."""
+    if not isinstance(name, str):
+        raise TypeError(f"chanattn: a {what} name must be a str, got {type(name).__name__}")
+    return name.strip().lower().replace("-", "_")
+
+
+def unknown_name_error(what: str, name: str, known, candidates=None) -> ValueError:
+    """The ValueError for an unknown ``what`` (module, architecture): the close matches among
+    ``candidates`` (default ``known``) and the ``known`` names."""
+    key = normalize_name(name, what)
+    close = difflib.get_close_matches(key, list(candidates if candidates is not None else known),
+                                      n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(
-        f"chanattn: unknown module {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})"
-    )
+    return ValueError(f"chanattn: unknown {what} {name!r}{hint} (known: {', '.join(sorted(known))})")
 
 
 def list_modules(kind: str | None = None) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..registry import normalize_name, unknown_name_error
 from .placement import AttnSpec
 
 __all__ = ["FAMILIES", "ModelInfo", "create_model", "list_models", "model_info", "register_model"]
@@ -69,14 +69,10 @@ def model_info(arch: str) -> ModelInfo:
         ValueError: unknown name; the message lists the close matches.
     """
     _ensure_loaded()
-    if not isinstance(arch, str):
-        raise TypeError(f"chanattn: an architecture name must be a str, got {type(arch).__name__}")
-    key = arch.strip().lower().replace("-", "_")
+    key = normalize_name(arch, "architecture")
     if key in _MODELS:
         return _MODELS[key]
-    close = difflib.get_close_matches(key, list(_MODELS), n=5, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"chanattn: unknown architecture {arch!r}{hint} (known: {', '.join(sorted(_MODELS))})")
+    raise unknown_name_error("architecture", arch, _MODELS)
 
 
 def _natural(name: str) -> list:
