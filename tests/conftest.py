@@ -23,6 +23,21 @@ def min_size(name: str) -> int:
     return chanattn.module_info(name).min_size
 
 
+def randomise_norms(model: torch.nn.Module, seed: int = 1, affine: bool = True) -> None:
+    """Give every BatchNorm non-trivial running statistics (and, with ``affine``, weights and
+    biases), so that eval-mode tests do not pass only because BN is the identity at init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                n = mod.num_features
+                mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                if affine and mod.affine:
+                    mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

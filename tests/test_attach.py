@@ -14,6 +14,7 @@ import chanattn
 from chanattn import AttentionModule
 from chanattn.models import count_params, find_blocks
 from chanattn.models.placement import AttnAfter
+from conftest import randomise_norms
 
 tvm = pytest.importorskip("torchvision.models")
 
@@ -25,13 +26,6 @@ def _attention_modules(module: nn.Module) -> list[nn.Module]:
 def _shapes(model: nn.Module) -> list[tuple[int, ...]]:
     return [tuple(p.shape) for p in model.parameters()]
 
-
-def _randomise_norms(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
 def test_se_on_torchvision_resnet50_is_se_resnet50():
@@ -62,7 +56,7 @@ def test_attached_model_runs_like_create_model_and_state_dicts_interchange():
     ours = chanattn.create_model("resnet18", attn="eca")
     ours.load_state_dict(model.state_dict())  # strict: the same keys
     x = torch.randn(2, 3, 32, 32)
-    _randomise_norms(model)
+    randomise_norms(model, affine=False)
     ours.load_state_dict(model.state_dict())
     model.eval()
     ours.eval()
@@ -83,7 +77,7 @@ def test_identity_module_leaves_the_output_unchanged(build):
     # GCT is the identity at initialisation: the rewritten forward must compute what the original did
     torch.manual_seed(0)
     model = build()
-    _randomise_norms(model)
+    randomise_norms(model, affine=False)
     model.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -240,7 +234,7 @@ def test_bam_after_stages_1_to_3_of_a_resnet():
 def test_timm_resnet_uses_its_se_slot():
     timm = pytest.importorskip("timm")
     model = timm.create_model("resnet18", pretrained=False)
-    _randomise_norms(model)
+    randomise_norms(model, affine=False)
     model.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

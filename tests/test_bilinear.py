@@ -7,7 +7,7 @@ import torch
 
 import chanattn
 from chanattn.modules.bilinear import BilinearAttention
-from test_contract import _randomise_norms
+from conftest import randomise_norms
 
 
 def _conv_bn_relu_eval(t: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor:
@@ -55,7 +55,7 @@ def test_embedding_width_cap_and_overrides():
 def test_bilinear_matches_a_direct_computation(c, rd):
     torch.manual_seed(0)
     m = BilinearAttention(c, rd_channels=rd).double()
-    _randomise_norms(m)
+    randomise_norms(m)
     m.eval()
     x = torch.randn(2, c, 5, 4, dtype=torch.float64)
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_bilinear_matches_a_direct_computation(c, rd):
 def test_the_factor_varies_over_channels_and_positions_and_lies_in_half_to_one():
     torch.manual_seed(0)
     m = BilinearAttention(32, rd_channels=4)
-    _randomise_norms(m)
+    randomise_norms(m)
     m.eval()
     x = torch.randn(2, 32, 6, 6)
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_the_factor_varies_over_channels_and_positions_and_lies_in_half_to_one()
     assert a.std(dim=1).max() > 1e-3  # not a spatial gate
     # with identity activations the gate can fall below 0.5
     m2 = BilinearAttention(32, rd_channels=4, act_layer="identity")
-    _randomise_norms(m2)
+    randomise_norms(m2)
     with torch.no_grad():
         assert (m2.eval().attention(x) < 0.5).any()
 

@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 
 import chanattn
-from conftest import ALL_MODULES, channels_for, min_size
+from conftest import ALL_MODULES, channels_for, min_size, randomise_norms
 
 # (C, H, W): square and not, odd sizes, and 1 x 1 where a module takes it.
 SHAPES = [(16, 1, 1), (32, 7, 9), (16, 13, 13), (64, 9, 7), (16, 2, 3)]
@@ -25,24 +25,10 @@ def _input(m, b: int, h: int, w: int, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(b, m.channels, h, w, dtype=dtype)
 
 
-def _randomise_norms(m: torch.nn.Module) -> None:
-    """Give BatchNorms non-trivial statistics and affine parameters, so that eval-mode tests do
-    not pass only because BN is the identity at initialisation."""
-    g = torch.Generator().manual_seed(1)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            if mod.affine:
-                with torch.no_grad():
-                    mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                    mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
-
 
 def _eval_module(name: str, c: int = 32) -> torch.nn.Module:
     m = _build(name, c)
-    _randomise_norms(m)
+    randomise_norms(m)
     return m.eval()
 
 
@@ -57,7 +43,7 @@ def test_shape_and_finite(name, shape):
     y = m.train()(x)
     assert y.shape == x.shape and y.dtype == x.dtype
     assert torch.isfinite(y).all()
-    _randomise_norms(m)
+    randomise_norms(m)
     y = m.eval()(x)
     assert y.shape == x.shape
     assert torch.isfinite(y).all()
@@ -162,7 +148,7 @@ def test_channels_last_input_gives_the_same_output(name):
 @pytest.mark.parametrize("name", ALL_MODULES)
 def test_float64_and_gradcheck(name):
     m = _build(name, 16).double()
-    _randomise_norms(m)
+    randomise_norms(m)
     m.eval()
     x = _input(m, 2, 3, 3, dtype=torch.float64)
     assert m(x).dtype == torch.float64

@@ -7,6 +7,7 @@ import torch
 
 import chanattn
 from chanattn.modules.encnet import ContextEncoding, Encoding, se_loss_targets
+from conftest import randomise_norms
 
 
 def _loop_encoding(x: torch.Tensor, codewords: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
@@ -52,19 +53,11 @@ def test_encoding_layer_initialisation_and_assignments():
         enc(torch.randn(2, 15, 3, 3))
 
 
-def _randomise(m: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(3)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            n, dtype = mod.num_features, mod.running_mean.dtype
-            mod.running_mean.copy_(torch.randn(n, generator=g, dtype=dtype) * 0.1)
-            mod.running_var.copy_(torch.rand(n, generator=g, dtype=dtype) + 0.5)
-
 
 def test_module_is_the_paper_composition():
     torch.manual_seed(1)
     m = ContextEncoding(6, num_codes=5).double()
-    _randomise(m)
+    randomise_norms(m, seed=3, affine=False)
     m.eval()
     x = torch.randn(2, 6, 3, 2, dtype=torch.float64)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import chanattn
 from chanattn.modules.gsop import GSoP, GSoPHead
-from test_contract import _randomise_norms
+from conftest import randomise_norms
 from test_covariance import _eigh_sqrt
 
 
@@ -56,7 +56,7 @@ def test_gsop_defaults():
 def test_gsop_matches_a_direct_computation(c, rd, hw):
     torch.manual_seed(0)
     m = GSoP(c, rd_channels=rd).double()
-    _randomise_norms(m)
+    randomise_norms(m)
     m.eval()
     x = torch.randn(2, c, *hw, dtype=torch.float64)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_gsop_is_finite_at_one_position_and_with_small_channels():
     m = GSoP(4)  # the default c' = 128 exceeds C = 4
     x = torch.randn(2, 4, 1, 1)
     assert torch.isfinite(m.train()(x)).all()
-    _randomise_norms(m)
+    randomise_norms(m)
     assert torch.isfinite(m.eval()(x)).all()
 
 
@@ -100,7 +100,7 @@ def test_head_shape_and_finite():
     x = torch.randn(2, 32, 7, 7)
     f = head.train()(x)
     assert f.shape == (2, head.out_features) and torch.isfinite(f).all()
-    _randomise_norms(head)
+    randomise_norms(head)
     head.eval()
     for size in ((7, 7), (1, 1), (3, 5)):
         f = head(torch.randn(2, 32, *size))
@@ -112,7 +112,7 @@ def test_head_shape_and_finite():
 def test_head_matches_covariance_square_root_upper_triangle():
     torch.manual_seed(0)
     head = GSoPHead(6, rd_channels=4, num_iters=20).double()
-    _randomise_norms(head)
+    randomise_norms(head)
     head.eval()
     x = torch.randn(3, 6, 5, 5, dtype=torch.float64)
     with torch.no_grad():

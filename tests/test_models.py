@@ -16,6 +16,7 @@ from chanattn.models.placement import AttnAfter
 from chanattn.models.resnet import BasicBlock, Bottleneck, ResNet
 from chanattn.modules.gsop import GSoP, GSoPHead
 from chanattn.modules.selective_kernel import SelectiveKernel
+from conftest import randomise_norms
 
 # One module per placement rule and per kind (channel, spatial, hybrid, branch, communication).
 REPRESENTATIVES = ["se", "cbam_spatial", "cbam", "bam", "sk", "c3", "dia", "gsop"]
@@ -41,13 +42,6 @@ def test_representatives_cover_every_kind_and_placement():
     assert {chanattn.module_info(n).kind for n in REPRESENTATIVES} == set(chanattn.KINDS)
 
 
-def _randomise_norms(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-
 
 def _check_train_and_eval(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
     """Forward in train mode, every parameter gets a finite gradient; in eval mode the output is
@@ -62,7 +56,7 @@ def _check_train_and_eval(model: nn.Module, x: torch.Tensor, num_classes: int) -
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-    _randomise_norms(model)
+    randomise_norms(model, affine=False)
     model.eval().double()
     x = x.double()
     with torch.no_grad():
