@@ -8,14 +8,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
 __all__ = ["main"]
 
 
-class CLIError(Exception):
-    """An error the command line reports as one line."""
+from .errors import CLIError
+
+# Modules that add sub-commands: each has ``add_parsers(subparsers)`` and sets ``func`` on its parsers.
+# Kept as a list so that every command lives beside the code it runs.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -125,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build every module and check a forward/backward pass")
     p.add_argument("--shape", default="8x64x14x14", help="input batch BxCxHxW (default 8x64x14x14)")
     p.set_defaults(func=_cmd_demo)
+
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_parsers(sub)
     return parser
 
 
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (CLIError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (CLIError, ValueError, TypeError, FileNotFoundError, PermissionError) as exc:
         if args.debug:
             raise
         print(f"chanattn {args.command}: error: {exc}", file=sys.stderr)
