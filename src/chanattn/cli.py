@@ -19,7 +19,7 @@ from .errors import CLIError
 
 # Modules that add sub-commands: each has ``add_parsers(subparsers)`` and sets ``func`` on its parsers.
 # Kept as a list so that every command lives beside the code it runs.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("chanattn.training.commands", "chanattn.bench.commands")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -1,0 +1,461 @@
+"""``chanattn compare``: train the baseline and each module with the same recipe and seeds, then
+write the table and the plots the papers print (accuracy against parameters and against latency).
+
+Layout of ``DIR``::
+
+    DIR/compare.json              the settings (a re-run with other settings is refused)
+    DIR/runs/<module>/seed<k>/    one training run each (config.yaml, metrics.jsonl, last.pt, summary.json)
+    DIR/results.json              every figure, per module and per seed
+    DIR/table.csv, DIR/table.md   module,params,macs,top1_mean,top1_std,seeds,latency_ms
+    DIR/top1_vs_params.png, DIR/top1_vs_latency.png
+
+A run that is interrupted is continued by the same command: finished (module, seed) pairs are
+skipped, a pair with a checkpoint resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import multiprocessing as mp
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from ..errors import CLIError
+from .config import TrainConfig
+
+__all__ = ["BASELINE", "measure_latency", "parse_modules", "run_compare", "write_plots"]
+
+BASELINE = "none"
+TABLE_COLUMNS = ("module", "params", "macs", "top1_mean", "top1_std", "seeds", "latency_ms")
+
+# fields that may differ between two invocations of the same compare without changing its results
+_FREE_FIELDS = {
+    "attn",
+    "seed",
+    "out",
+    "progress",
+    "log_interval",
+    "threads",
+    "num_workers",
+    "data_root",
+    "download",
+    "device",
+    "stop_after",
+}
+
+
+def parse_modules(text: str | list[str]) -> list[str]:
+    """``"se,eca"`` / ``"all"`` -> registry names (aliases resolved), baseline excluded, order kept."""
+    from ..registry import list_modules, resolve_name
+
+    items = text if isinstance(text, list) else [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CLIError("--modules is empty; give names (se,eca,...) or all")
+    names: list[str] = []
+    for item in items:
+        if item.lower() == "all":
+            names.extend(list_modules())
+        elif item.lower() in (BASELINE, "baseline"):
+            continue
+        else:
+            names.append(resolve_name(item))
+    return list(dict.fromkeys(names))
+
+
+def _run_dir(out: str, module: str, seed: int) -> str:
+    return os.path.join(out, "runs", module, f"seed{seed}")
+
+
+def _finished(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("finished") else None
+
+
+def _train_one(job: tuple[dict, str, int | None]) -> tuple[str, int, dict | None, str | None]:
+    """Worker: train one (module, seed); never raises (the error comes back as text)."""
+    from .trainer import train
+
+    cfg_dict, run_dir, threads = job
+    cfg = TrainConfig(**cfg_dict)
+    if threads:
+        torch.set_num_threads(threads)
+    module = cfg.attn or BASELINE
+    try:
+        resume = run_dir if os.path.isfile(os.path.join(run_dir, "last.pt")) else None
+        summary = train(cfg, resume=resume, quiet=True)
+        return module, cfg.seed, summary, None
+    except Exception as exc:
+        return module, cfg.seed, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+@torch.no_grad()
+def measure_latency(
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    min_time: float = 0.005,
+) -> float:
+    """Median forward time in ms of ``model`` (eval, no grad) on a random batch of ``shape``; each
+    timed repeat loops until it lasts ``min_time`` seconds."""
+    model.eval()
+    x = torch.randn(shape)
+    for _ in range(warmup):
+        model(x)
+    t0 = time.perf_counter()
+    model(x)
+    one = max(time.perf_counter() - t0, 1e-6)
+    inner = max(1, int(min_time / one))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            model(x)
+        times.append((time.perf_counter() - t0) / inner)
+    return 1e3 * statistics.median(times)
+
+
+def _check_settings(out: str, base: TrainConfig, seeds: list[int], arch: str) -> None:
+    path = os.path.join(out, "compare.json")
+    settings = {k: v for k, v in base.to_dict().items() if k not in _FREE_FIELDS}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f).get("settings", {})
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff[:4])
+            raise CLIError(
+                f"{out!r} holds a compare with other settings ({shown}); use another --out to "
+                "compare with these settings"
+            )
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"settings": settings, "seeds": seeds, "arch": arch}, f, indent=2)
+
+
+def run_compare(
+    base: TrainConfig,
+    modules: list[str],
+    seeds: list[int],
+    out: str,
+    *,
+    jobs: int = 1,
+    include_baseline: bool = True,
+    latency_repeats: int = 20,
+    plots: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Train ``[none] + modules`` x ``seeds`` with ``base``'s recipe, then write the table and plots.
+
+    Returns the results dict (also in ``DIR/results.json``).
+    """
+    from ..data import load_data
+    from ..models import count_macs, count_params, model_info
+    from ..registry import module_info
+    from .trainer import build_model
+
+    model_info(base.arch)  # unknown arch: the registry's one-line error before anything runs
+    if jobs < 1:
+        raise CLIError(f"--jobs must be >= 1, got {jobs}")
+    names = ([BASELINE] if include_baseline else []) + list(modules)
+    _check_settings(out, base, seeds, base.arch)
+    data = load_data(base.dataset, base.data_root, download=base.download, image_size=base.image_size)
+    spec = data.spec
+    shape1 = (1, spec.in_chans, *spec.image_size)
+
+    # models first: a module that cannot be built in this architecture is reported before training
+    static: dict[str, dict] = {}
+    for name in names:
+        cfg = dataclasses.replace(base, attn=None if name == BASELINE else name)
+        try:
+            model = build_model(cfg, spec.num_classes, spec.in_chans)
+            static[name] = {
+                "params": count_params(model),
+                "macs": count_macs(model, shape1),
+                "kind": "baseline" if name == BASELINE else module_info(name).kind,
+            }
+        except Exception as exc:
+            static[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            log(f"compare: {name}: cannot build {base.arch} with it: {static[name]['error']}")
+
+    todo, summaries = [], {}
+    for name in names:
+        if "error" in static[name]:
+            continue
+        for seed in seeds:
+            run_dir = _run_dir(out, name, seed)
+            done = _finished(run_dir)
+            if done is not None:
+                summaries[(name, seed)] = done
+                continue
+            cfg = dataclasses.replace(
+                base, attn=None if name == BASELINE else name, seed=seed, out=run_dir, progress="none"
+            )
+            todo.append((cfg.to_dict(), run_dir, base.threads or (1 if jobs > 1 else None)))
+    total = len(names) * len(seeds)
+    log(
+        f"compare {base.arch} on {base.dataset}: {len(names)} models x {len(seeds)} seeds, "
+        f"{base.epochs} epochs "
+        f"each; {total - len(todo)} runs already finished, {len(todo)} to train ({jobs} at a time) -> {out}"
+    )
+    errors: dict[tuple[str, int], str] = {}
+    t0 = time.perf_counter()
+    results_iter = _map(todo, jobs)
+    for k, (name, seed, summary, error) in enumerate(results_iter, 1):
+        if error is not None:
+            errors[(name, seed)] = error
+            log(f"  [{k}/{len(todo)}] {name} seed {seed}: FAILED {error}")
+            continue
+        summaries[(name, seed)] = summary
+        log(
+            f"  [{k}/{len(todo)}] {name:<16} seed {seed}: top-1 {summary['final_top1']:6.2f}%  "
+            f"({summary['train_time_s']:.1f} s, {time.perf_counter() - t0:.0f} s elapsed)"
+        )
+
+    rows = []
+    for name in names:
+        info = static[name]
+        runs = [summaries[(name, s)] for s in seeds if (name, s) in summaries]
+        top1 = [r["final_top1"] for r in runs]
+        row: dict[str, Any] = {
+            "module": name,
+            "kind": info.get("kind"),
+            "params": info.get("params"),
+            "macs": info.get("macs"),
+            "seeds": len(top1),
+            "top1": top1,
+            "best_top1": [r["best_top1"] for r in runs],
+            "top1_mean": statistics.fmean(top1) if top1 else None,
+            "top1_std": statistics.stdev(top1) if len(top1) > 1 else (0.0 if top1 else None),
+            "train_images_per_s": statistics.fmean(
+                [r["epochs"] * len(data.train) / r["train_time_s"] for r in runs]
+            )
+            if runs
+            else None,
+        }
+        failed = [f"seed {s}: {errors[(name, s)]}" for s in seeds if (name, s) in errors]
+        if "error" in info:
+            failed.append(info["error"])
+        row["errors"] = failed
+        if "error" not in info:
+            cfg = dataclasses.replace(base, attn=None if name == BASELINE else name)
+            model = build_model(cfg, spec.num_classes, spec.in_chans)
+            row["latency_ms"] = measure_latency(model, shape1, repeats=latency_repeats)
+            row["latency_ms_train_batch"] = measure_latency(
+                model,
+                (base.batch_size, spec.in_chans, *spec.image_size),
+                repeats=max(latency_repeats // 4, 3),
+            )
+        else:
+            row["latency_ms"] = row["latency_ms_train_batch"] = None
+        rows.append(row)
+
+    results = {
+        "dataset": base.dataset,
+        "arch": base.arch,
+        "seeds": seeds,
+        "epochs": base.epochs,
+        "input_shape": list(shape1),
+        "train_batch": base.batch_size,
+        "config": base.to_dict(),
+        "latency": {
+            "batch1": "median forward ms at batch 1 (eval, no grad)",
+            "train_batch": f"median forward ms at batch {base.batch_size}",
+            "threads": torch.get_num_threads(),
+        },
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out, "table.csv"), "w", encoding="utf-8", newline="") as f:
+        f.write(table_csv(rows))
+    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
+        f.write(table_markdown(results))
+    if plots:
+        write_plots(results, out)
+    if errors or any("error" in static[n] for n in names):
+        log(
+            f"compare: {len(errors)} run(s) failed; see results.json 'errors' "
+            "(re-run the same command to retry)"
+        )
+    return results
+
+
+def _map(todo: list, jobs: int):
+    if jobs == 1 or len(todo) <= 1:
+        for job in todo:
+            yield _train_one(job)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(jobs, len(todo)), maxtasksperchild=1) as pool:
+        yield from pool.imap_unordered(_train_one, todo)
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE_COLUMNS)
+    for r in rows:
+        w.writerow(
+            [
+                r["module"],
+                _fmt(r["params"]),
+                _fmt(r["macs"]),
+                _fmt(r["top1_mean"], 3),
+                _fmt(r["top1_std"], 3),
+                r["seeds"],
+                _fmt(r["latency_ms"], 4),
+            ]
+        )
+    return buf.getvalue()
+
+
+def table_markdown(results: dict) -> str:
+    rows = results["rows"]
+    base = next((r for r in rows if r["module"] == BASELINE), None)
+    lines = [
+        f"# {results['arch']} on {results['dataset']}: {results['epochs']} epochs, seeds {results['seeds']}",
+        "",
+        "top-1: final-epoch test accuracy, mean ± std over seeds; latency: median forward at batch 1 "
+        f"(input {'x'.join(map(str, results['input_shape'][1:]))}, {results['latency']['threads']} threads); "
+        "MACs: multiply-adds of convolutions and linear layers (torch.utils.flop_counter).",
+        "",
+        "| module | kind | params | Δ params | MACs | top-1 (%) | Δ top-1 | latency (ms) | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["params"] is None:
+            lines.append(f"| {r['module']} | | | | | failed: {'; '.join(r['errors'])} | | | 0 |")
+            continue
+        dp = f"{r['params'] - base['params']:+,}" if base and base["params"] is not None else ""
+        dt = (
+            f"{r['top1_mean'] - base['top1_mean']:+.2f}"
+            if base and base["top1_mean"] is not None and r["top1_mean"] is not None
+            else ""
+        )
+        top = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}" if r["top1_mean"] is not None else "failed"
+        lines.append(
+            f"| {r['module']} | {r['kind']} | {r['params']:,} | {dp} | {r['macs']:,} | {top} | {dt} | "
+            f"{r['latency_ms']:.3f} | {r['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def text_table(results: dict) -> str:
+    rows = results["rows"]
+    head = f"{'module':<16} {'params':>9} {'MACs':>11} {'top-1 %':>15} {'latency ms':>10} {'seeds':>5}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        if r["top1_mean"] is None:
+            out.append(f"{r['module']:<16} {_fmt(r['params']):>9} {'':>11} {'failed':>15}")
+            continue
+        top = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+        out.append(
+            f"{r['module']:<16} {r['params']:>9,} {r['macs']:>11,} {top:>15} {r['latency_ms']:>10.3f} "
+            f"{r['seeds']:>5}"
+        )
+    return "\n".join(out) + "\n"
+
+
+_KIND_COLORS = {
+    "baseline": "black",
+    "channel": "tab:blue",
+    "spatial": "tab:orange",
+    "hybrid": "tab:green",
+    "communication": "tab:red",
+    "second-order": "tab:purple",
+}
+
+
+def write_plots(results: dict, out: str) -> list[str]:
+    """top-1 against parameters and against latency, error bars = std over seeds; one labelled
+    point per module, coloured by kind, the baseline as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r["top1_mean"] is not None and r["params"] is not None]
+    base = next((r for r in rows if r["module"] == BASELINE), None)
+    paths = []
+    for key, label, fname in (
+        ("params", "parameters", "top1_vs_params.png"),
+        ("latency_ms", "latency at batch 1 (ms, median)", "top1_vs_latency.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(11, 7.5), dpi=110)
+        kinds_seen = {}
+        for r in rows:
+            color = _KIND_COLORS.get(r["kind"], "tab:gray")
+            h = ax.errorbar(
+                r[key],
+                r["top1_mean"],
+                yerr=r["top1_std"],
+                fmt="o",
+                color=color,
+                ecolor=color,
+                elinewidth=1,
+                capsize=3,
+                markersize=6 if r["module"] != BASELINE else 9,
+            )
+            kinds_seen.setdefault(r["kind"], h)
+        # labels: alternate above/below along x so that neighbours do not print over each other
+        for i, r in enumerate(sorted(rows, key=lambda r: r[key])):
+            dy = 8 if i % 2 == 0 else -14
+            ax.annotate(
+                r["module"],
+                (r[key], r["top1_mean"]),
+                textcoords="offset points",
+                xytext=(5, dy),
+                fontsize=8.5,
+                color=_KIND_COLORS.get(r["kind"], "tab:gray"),
+            )
+        if base is not None:
+            ax.axhline(base["top1_mean"], color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+        if key == "params":
+            ax.set_xscale("log")
+        elif rows and max(r[key] for r in rows) / max(min(r[key] for r in rows), 1e-9) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(label + (" (log scale)" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel("top-1 test accuracy (%), mean ± std over seeds")
+        ax.set_title(
+            f"{results['arch']} on {results['dataset']}: {results['epochs']} epochs, "
+            f"{len(results['seeds'])} seed(s) per module"
+        )
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(list(kinds_seen.values()), list(kinds_seen.keys()), loc="lower right", fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out, fname)
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def seeds_from(count: int, first: int = 0) -> list[int]:
+    if count < 1:
+        raise CLIError(f"--seeds must be >= 1, got {count}")
+    return list(range(first, first + count))

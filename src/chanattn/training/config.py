@@ -1,0 +1,247 @@
+"""The training configuration: one dataclass, the references' recipes as named presets, and the
+resolution order recipe < config file (YAML/JSON) < command-line flags.
+
+Units are in the comments. The resolved configuration is saved with every run
+(``DIR/config.yaml``) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CLIError
+
+__all__ = ["OPTIMIZERS", "RECIPES", "SCHEDULES", "TrainConfig", "load_config_file", "resolve_config"]
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "step", "cosine", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults: the CIFAR recipe of the references."""
+
+    # data
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
+    data_root: str | None = None  # where the data set is (or goes, with download)
+    download: bool = False  # download CIFAR when it is not under data_root
+    image_size: int | None = None  # imagefolder: images resized to this (default 32)
+    # model
+    arch: str = "resnet8"  # chanattn.list_models()
+    attn: str | None = None  # chanattn.list_modules(), or None for the baseline
+    attn_kwargs: dict = field(default_factory=dict)
+    model_kwargs: dict = field(default_factory=dict)  # create_model options (shortcut, stem, ...)
+    # optimisation
+    epochs: int = 160
+    batch_size: int = 128  # global batch (split over ranks when distributed)
+    eval_batch_size: int = 512
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # peak learning rate (for the global batch)
+    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = True  # the references decay every parameter; False excludes norms and biases
+    schedule: str = "multistep"  # multistep | step | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [120, 140])  # epochs (multistep)
+    step_size: int = 30  # epochs (step)
+    gamma: float = 0.1  # lr factor at each milestone / step
+    min_lr: float = 0.0  # cosine floor
+    warmup_epochs: float = 0.0  # linear warm-up from lr * warmup_factor, per iteration
+    warmup_factor: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max global grad norm
+    # augmentation (None: the data set's reference augmentation)
+    crop_padding: int | None = None
+    hflip: bool | None = None
+    # speed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16 (fp16 needs CUDA)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    num_workers: int = 0  # data-loader workers (imagefolder on disk only)
+    # reproducibility and bookkeeping
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
+    out: str | None = None  # the run directory
+    log_interval: int = 50  # steps between plain log lines (non-terminal output)
+    progress: str = "auto"  # auto | bar | lines | none
+    stop_after: int | None = None  # stop after this epoch (the schedule still spans `epochs`)
+    recipe: str | None = None  # the preset these values started from (informational)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Raise CLIError on values that cannot work, naming the field."""
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise CLIError(f"config: {msg}")
+
+        need(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            f"epochs must be an int >= 1, got {self.epochs!r}",
+        )
+        need(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            f"batch_size must be an int >= 1, got {self.batch_size!r}",
+        )
+        need(
+            isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+            f"eval_batch_size must be an int >= 1, got {self.eval_batch_size!r}",
+        )
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        need(
+            self.schedule in SCHEDULES,
+            f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        for name in ("lr", "weight_decay", "min_lr", "warmup_epochs", "label_smoothing", "momentum", "gamma"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                f"{name} must be a finite number >= 0, got {value!r}",
+            )
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.label_smoothing < 1, f"label_smoothing must be < 1, got {self.label_smoothing}")
+        need(
+            self.nesterov is False or (self.optimizer == "sgd" and self.momentum > 0),
+            "nesterov needs optimizer sgd with momentum > 0",
+        )
+        need(
+            all(isinstance(m, int) and m >= 1 for m in self.milestones),
+            f"milestones must be positive epoch numbers, got {self.milestones!r}",
+        )
+        need(
+            list(self.milestones) == sorted(self.milestones),
+            f"milestones must increase, got {self.milestones!r}",
+        )
+        need(
+            isinstance(self.step_size, int) and self.step_size >= 1,
+            f"step_size must be >= 1, got {self.step_size!r}",
+        )
+        need(
+            self.warmup_epochs <= self.epochs,
+            f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})",
+        )
+        need(
+            self.stop_after is None or 1 <= self.stop_after <= self.epochs,
+            f"stop_after must be between 1 and epochs ({self.epochs}), got {self.stop_after!r}",
+        )
+        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")
+        need(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads!r}")
+        need(
+            self.progress in ("auto", "bar", "lines", "none"),
+            f"progress must be auto, bar, lines or none, got {self.progress!r}",
+        )
+        need(
+            isinstance(self.attn_kwargs, dict) and isinstance(self.model_kwargs, dict),
+            "attn_kwargs and model_kwargs must be mappings",
+        )
+        need(
+            self.crop_padding is None or self.crop_padding >= 0,
+            f"crop_padding must be >= 0, got {self.crop_padding}",
+        )
+        return self
+
+
+_CIFAR = dict(
+    epochs=160,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="multistep",
+    milestones=[120, 140],
+    gamma=0.1,
+)
+
+#: Named presets. ``cifar``: the references' CIFAR recipe (MODULES.md); ``c3-cifar10``: seed 002's
+#: CIFAR-10 schedule; ``srm-resnet32``: SRM's ResNet-32 runs; ``digits``: a short recipe for the
+#: embedded data set (minutes on a laptop CPU).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar": dict(_CIFAR),
+    "cifar100": dict(_CIFAR, dataset="cifar100"),
+    "c3-cifar10": dict(_CIFAR, dataset="cifar10", milestones=[100, 140]),
+    "c3-cifar100": dict(_CIFAR, dataset="cifar100"),
+    "srm-resnet32": dict(_CIFAR, arch="resnet32", epochs=100, milestones=[70, 80]),
+    "digits": dict(
+        dataset="digits",
+        arch="resnet8",
+        epochs=15,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        milestones=[],
+    ),
+}
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of TrainConfig fields."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CLIError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+        raise CLIError(
+            f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise CLIError(f"config file {path!r} must hold a mapping of fields, got {type(data).__name__}")
+    return dict(data)
+
+
+def resolve_config(
+    recipe: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """recipe < config file < overrides, checked against the fields of :class:`TrainConfig`."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise CLIError(f"unknown recipe {recipe!r}; the recipes are {', '.join(RECIPES)}")
+        values.update(RECIPES[recipe])
+        values["recipe"] = recipe
+    for source, data in (
+        ("config file", load_config_file(config_file) if config_file else {}),
+        ("overrides", dict(overrides or {})),
+    ):
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CLIError(
+                f"{source}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(names))}"
+            )
+        values.update({k: v for k, v in data.items()})
+    if values.get("attn") in ("none", "None", ""):
+        values["attn"] = None
+    return TrainConfig(**values).validate()
