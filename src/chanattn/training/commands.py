@@ -168,7 +168,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, _default_recipe(args))
         if cfg.out is None:
             raise CLIError("--out DIR is required (the run directory for checkpoints and metrics)")
-    summary = train(cfg, resume=resume)
+    try:
+        summary = train(cfg, resume=resume)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if summary["world_size"] > 1 and not summary["ranks_in_sync"]:
         raise CLIError(
             f"the {summary['world_size']} ranks ended with different weights: {summary['weight_digests']}"

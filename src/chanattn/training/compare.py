@@ -103,31 +103,30 @@ def _train_one(job: tuple[dict, str, int | None]) -> tuple[str, int, dict | None
 
 
 @torch.no_grad()
-def measure_latency(
-    model: torch.nn.Module,
-    shape: tuple[int, ...],
-    *,
-    repeats: int = 20,
-    warmup: int = 3,
-    min_time: float = 0.005,
-) -> float:
-    """Median forward time in ms of ``model`` (eval, no grad) on a random batch of ``shape``; each
-    timed repeat loops until it lasts ``min_time`` seconds."""
-    model.eval()
+def measure_latency(models: dict[str, torch.nn.Module], shape: tuple[int, ...], *, repeats: int = 20,
+                    warmup: int = 3, min_time: float = 0.005) -> dict[str, float]:
+    """Median forward time in ms of each model (eval, no grad) on a random batch of ``shape``.
+
+    The models are timed in turns (model 1, model 2, ..., then again) so that whatever else the
+    machine does slows all of them alike; each timed repeat loops until it lasts ``min_time`` s.
+    """
     x = torch.randn(shape)
-    for _ in range(warmup):
-        model(x)
-    t0 = time.perf_counter()
-    model(x)
-    one = max(time.perf_counter() - t0, 1e-6)
-    inner = max(1, int(min_time / one))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
+    inner: dict[str, int] = {}
+    for name, model in models.items():
+        model.eval()
+        for _ in range(warmup):
             model(x)
-        times.append((time.perf_counter() - t0) / inner)
-    return 1e3 * statistics.median(times)
+        t0 = time.perf_counter()
+        model(x)
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            for _ in range(inner[name]):
+                model(x)
+            times[name].append((time.perf_counter() - t0) / inner[name])
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def _check_settings(out: str, base: TrainConfig, seeds: list[int], arch: str) -> None:
@@ -227,6 +226,16 @@ def run_compare(
             f"({summary['train_time_s']:.1f} s, {time.perf_counter() - t0:.0f} s elapsed)"
         )
 
+    built = {
+        name: build_model(dataclasses.replace(base, attn=None if name == BASELINE else name),
+                          spec.num_classes, spec.in_chans)
+        for name in names if "error" not in static[name]
+    }
+    log(f"compare: timing {len(built)} models at batch 1 and at batch {base.batch_size}")
+    lat1 = measure_latency(built, shape1, repeats=latency_repeats)
+    lat_b = measure_latency(built, (base.batch_size, spec.in_chans, *spec.image_size),
+                            repeats=max(latency_repeats // 4, 3))
+    del built
     rows = []
     for name in names:
         info = static[name]
@@ -252,17 +261,8 @@ def run_compare(
         if "error" in info:
             failed.append(info["error"])
         row["errors"] = failed
-        if "error" not in info:
-            cfg = dataclasses.replace(base, attn=None if name == BASELINE else name)
-            model = build_model(cfg, spec.num_classes, spec.in_chans)
-            row["latency_ms"] = measure_latency(model, shape1, repeats=latency_repeats)
-            row["latency_ms_train_batch"] = measure_latency(
-                model,
-                (base.batch_size, spec.in_chans, *spec.image_size),
-                repeats=max(latency_repeats // 4, 3),
-            )
-        else:
-            row["latency_ms"] = row["latency_ms_train_batch"] = None
+        row["latency_ms"] = lat1.get(name)
+        row["latency_ms_train_batch"] = lat_b.get(name)
         rows.append(row)
 
     results = {
@@ -303,7 +303,7 @@ def _map(todo: list, jobs: int):
             yield _train_one(job)
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(jobs, len(todo)), maxtasksperchild=1) as pool:
+    with ctx.Pool(min(jobs, len(todo))) as pool:
         yield from pool.imap_unordered(_train_one, todo)
 
 
@@ -446,7 +446,7 @@ def write_plots(results: dict, out: str) -> list[str]:
             f"{len(results['seeds'])} seed(s) per module"
         )
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(list(kinds_seen.values()), list(kinds_seen.keys()), loc="lower right", fontsize=9)
+        ax.legend(list(kinds_seen.values()), list(kinds_seen.keys()), loc="best", fontsize=9)
         fig.tight_layout()
         path = os.path.join(out, fname)
         fig.savefig(path)
