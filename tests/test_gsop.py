@@ -142,3 +142,19 @@ def test_head_input_errors():
         head(torch.ones(2, 16, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"GSoPHead.*num_iters"):
         GSoPHead(16, num_iters=0)
+
+
+def test_row_conv_einsum_equals_the_grouped_convolution():
+    """GSoP's row-wise convolution is computed as an einsum; it must equal the grouped Conv2d it
+    holds the weights of, in value and in gradient."""
+    torch.manual_seed(0)
+    g = chanattn.create("gsop", 32, rd_channels=16).double()
+    cov = torch.randn(3, 16, 16, 1, dtype=torch.double, requires_grad=True)
+    a = g._row_conv(cov)
+    b = g.row_conv(cov)
+    assert a.shape == b.shape == (3, 64, 1, 1)
+    torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(a.square().sum(), [cov, g.row_conv.weight, g.row_conv.bias])
+    gb = torch.autograd.grad(b.square().sum(), [cov, g.row_conv.weight, g.row_conv.bias])
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y)

@@ -103,8 +103,14 @@ def _train_one(job: tuple[dict, str, int | None]) -> tuple[str, int, dict | None
 
 
 @torch.no_grad()
-def measure_latency(models: dict[str, torch.nn.Module], shape: tuple[int, ...], *, repeats: int = 20,
-                    warmup: int = 3, min_time: float = 0.005) -> dict[str, float]:
+def measure_latency(
+    models: dict[str, torch.nn.Module],
+    shape: tuple[int, ...],
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    min_time: float = 0.005,
+) -> dict[str, float]:
     """Median forward time in ms of each model (eval, no grad) on a random batch of ``shape``.
 
     The models are timed in turns (model 1, model 2, ..., then again) so that whatever else the
@@ -206,11 +212,14 @@ def run_compare(
                 base, attn=None if name == BASELINE else name, seed=seed, out=run_dir, progress="none"
             )
             todo.append((cfg.to_dict(), run_dir, base.threads or (1 if jobs > 1 else None)))
-    total = len(names) * len(seeds)
+    unbuildable = [n for n in names if "error" in static[n]]
+    finished = len(summaries)
     log(
         f"compare {base.arch} on {base.dataset}: {len(names)} models x {len(seeds)} seeds, "
-        f"{base.epochs} epochs "
-        f"each; {total - len(todo)} runs already finished, {len(todo)} to train ({jobs} at a time) -> {out}"
+        f"{base.epochs} epochs each; {finished} runs already finished, {len(todo)} to train "
+        f"({jobs} at a time)"
+        + (f", {len(unbuildable)} models cannot be built ({', '.join(unbuildable)})" if unbuildable else "")
+        + f" -> {out}"
     )
     errors: dict[tuple[str, int], str] = {}
     t0 = time.perf_counter()
@@ -227,14 +236,19 @@ def run_compare(
         )
 
     built = {
-        name: build_model(dataclasses.replace(base, attn=None if name == BASELINE else name),
-                          spec.num_classes, spec.in_chans)
-        for name in names if "error" not in static[name]
+        name: build_model(
+            dataclasses.replace(base, attn=None if name == BASELINE else name),
+            spec.num_classes,
+            spec.in_chans,
+        )
+        for name in names
+        if "error" not in static[name]
     }
     log(f"compare: timing {len(built)} models at batch 1 and at batch {base.batch_size}")
     lat1 = measure_latency(built, shape1, repeats=latency_repeats)
-    lat_b = measure_latency(built, (base.batch_size, spec.in_chans, *spec.image_size),
-                            repeats=max(latency_repeats // 4, 3))
+    lat_b = measure_latency(
+        built, (base.batch_size, spec.in_chans, *spec.image_size), repeats=max(latency_repeats // 4, 3)
+    )
     del built
     rows = []
     for name in names:
@@ -289,9 +303,10 @@ def run_compare(
         f.write(table_markdown(results))
     if plots:
         write_plots(results, out)
-    if errors or any("error" in static[n] for n in names):
+    if errors or unbuildable:
         log(
-            f"compare: {len(errors)} run(s) failed; see results.json 'errors' "
+            f"compare: {len(errors)} run(s) failed, {len(unbuildable)} model(s) not built; "
+            "see results.json 'errors' "
             "(re-run the same command to retry)"
         )
     return results
