@@ -467,3 +467,137 @@ def test_torchrun_two_cpu_processes(tmp_path):
     result = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert result["top1"] == pytest.approx(json.loads(lines[-1])["test_top1"])
     assert proc.stdout.count("finished:") == 1
+
+
+# ------------------------------------------------------------------------- other data and options
+def test_train_on_a_cifar_archive_and_an_image_folder(tmp_path, monkeypatch, capsys):
+    """The CIFAR path end to end (a tiny archive in the real format) and a user's image folder."""
+    import dataclasses
+
+    from chanattn.data import CIFAR_SOURCES
+    from test_data import _md5, make_cifar
+
+    archive, _ = make_cifar(tmp_path, "cifar10", per_file=8)
+    monkeypatch.setitem(
+        CIFAR_SOURCES, "cifar10", dataclasses.replace(CIFAR_SOURCES["cifar10"], md5=_md5(archive))
+    )
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            "cifar",
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(tmp_path),
+            "--arch",
+            "resnet8",
+            "--model-kwargs",
+            '{"widths": [4, 4, 8]}',
+            "--attn",
+            "eca",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "c10"),
+            "--progress",
+            "none",
+            "--threads",
+            "1",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "c10" / "metrics.jsonl").read_text())
+    assert record["steps"] == 5 and 0 <= record["test_top1"] <= 100  # 40 train images / 8
+    assert load_checkpoint(tmp_path / "c10" / "last.pt")["config"]["milestones"] == [120, 140]
+
+    from PIL import Image
+
+    for split, n in (("train", 6), ("val", 2)):
+        for cls, colour in (("red", (250, 10, 10)), ("blue", (10, 10, 250))):
+            for i in range(n):
+                path = tmp_path / "folder" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (20, 14), colour).save(path)
+    summary = train(
+        resolve_config(
+            None,
+            None,
+            {
+                "dataset": "imagefolder",
+                "data_root": str(tmp_path / "folder"),
+                "image_size": 16,
+                "arch": "plain_cnn",
+                "epochs": 3,
+                "batch_size": 4,
+                "lr": 0.05,
+                "schedule": "constant",
+                "out": str(tmp_path / "if"),
+                "progress": "none",
+                "threads": 1,
+            },
+        )
+    )
+    assert summary["finished"] and summary["final_top1"] is not None
+    assert json.loads((tmp_path / "if" / "metrics.jsonl").read_text().splitlines()[0])["steps"] == 3
+
+
+def test_training_options_are_wired(tmp_path):
+    """AdamW, cosine with warm-up, label smoothing, channels_last, bf16 autocast, gradient clipping,
+    no decay on norms and biases: a run with all of them learns and records them."""
+    summary = train(
+        tiny_config(
+            tmp_path / "opts",
+            epochs=2,
+            optimizer="adamw",
+            lr=1e-2,
+            weight_decay=0.05,
+            schedule="cosine",
+            warmup_epochs=0.5,
+            label_smoothing=0.1,
+            channels_last=True,
+            amp="bf16",
+            grad_clip=1.0,
+            decay_norm_and_bias=False,
+            attn="cbam",
+        )
+    )
+    assert summary["finished"] and summary["final_top1"] > 15.0
+    ckpt = load_checkpoint(tmp_path / "opts" / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0] and "betas" in groups[0]
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "opts" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] < 1e-4 < lrs[0]  # cosine to zero
+
+
+def test_progress_bar_and_lines(tmp_path):
+    import io
+
+    from chanattn.training.progress import Progress, format_duration
+
+    assert format_duration(59.6) == "1:00" and format_duration(3725) == "1:02:05"
+    buf = io.StringIO()
+    p = Progress("lines", 1, 3, 10, interval=5, stream=buf)
+    assert not p.wants_update(4) and p.wants_update(5)
+    p.update(5, 0.5, 80.0, 1000.0, 0.1)
+    p.close(
+        {
+            "epoch": 1,
+            "train_loss": 0.5,
+            "train_top1": 80.0,
+            "test_loss": 0.4,
+            "test_top1": 85.0,
+            "test_top5": 99.0,
+            "images_per_s": 1000.0,
+            "epoch_time_s": 3.0,
+        }
+    )
+    lines = buf.getvalue().splitlines()
+    assert "epoch 1/3 step 5/10" in lines[0] and "img/s" in lines[0] and "ETA" in lines[0]
+    assert "top-1 85.00%" in lines[1]
+    bar = io.StringIO()
+    p = Progress("bar", 2, 3, 10, stream=bar)
+    p.update(5, 0.5, 80.0, 1000.0, 0.1)
+    assert bar.getvalue().startswith("\repoch 2/3 [############............] 5/10")
