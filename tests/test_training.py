@@ -601,3 +601,20 @@ def test_progress_bar_and_lines(tmp_path):
     p = Progress("bar", 2, 3, 10, stream=bar)
     p.update(5, 0.5, 80.0, 1000.0, 0.1)
     assert bar.getvalue().startswith("\repoch 2/3 [############............] 5/10")
+
+
+def test_corrupt_last_checkpoint_points_to_previous_and_resumes_from_it(tmp_path, capsys):
+    full = tmp_path / "full"
+    train(tiny_config(full, epochs=3))
+    run = tmp_path / "run"
+    train(tiny_config(run, epochs=3, stop_after=2))
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a disk fault after the write
+    capsys.readouterr()
+    rc = main(["train", "--resume", str(run), "--threads", "1", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "truncated or corrupt" in err and f"--resume {run / 'previous.pt'}" in err and "(epoch 1)" in err
+    assert main(["train", "--resume", str(run / "previous.pt"), "--threads", "1", "--progress", "none"]) == 0
+    assert (run / "last.pt.corrupt").exists() and load_checkpoint(run / "previous.pt")["epoch"] == 2
+    assert digest(run) == digest(full)

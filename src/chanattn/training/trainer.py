@@ -279,7 +279,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
             raise CheckpointError(
                 f"--resume {resume!r}: no checkpoint {path!r} (a run directory holds last.pt)"
             )
-        ckpt = load_checkpoint(path)
+        ckpt = _load_for_resume(path)
         saved = TrainConfig(**ckpt["config"])
         # only what does not change the result may differ from the saved run
         for name in (
@@ -552,6 +552,33 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
     if info.enabled:
         barrier(info)
     return summary
+
+
+def _load_for_resume(path: str) -> dict[str, Any]:
+    """Load the checkpoint to resume from. A corrupt ``last.pt`` names the intact ``previous.pt`` to
+    resume from instead; resuming from another file of the run directory moves a corrupt
+    ``last.pt`` aside (``last.pt.corrupt``) so that it never replaces the good ``previous.pt``."""
+    directory, name = os.path.split(os.path.abspath(path))
+    previous = os.path.join(directory, "previous.pt")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        if name == "last.pt" and os.path.isfile(previous):
+            try:
+                epoch = load_checkpoint(previous)["epoch"]
+            except CheckpointError:
+                raise exc from None
+            raise CheckpointError(
+                f"{exc}; resume from the intact previous checkpoint (epoch {epoch}) with --resume {previous}"
+            ) from None
+        raise
+    last = os.path.join(directory, "last.pt")
+    if name != "last.pt" and os.path.isfile(last):
+        try:
+            load_checkpoint(last)
+        except CheckpointError:
+            os.replace(last, last + ".corrupt")
+    return ckpt
 
 
 def _diverged(cfg: TrainConfig, epoch: int, step: int, state: _State, what: str = "training loss") -> None:
