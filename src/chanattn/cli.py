@@ -19,7 +19,10 @@ from .errors import CLIError
 
 # Modules that add sub-commands: each has ``add_parsers(subparsers)`` and sets ``func`` on its parsers.
 # Kept as a list so that every command lives beside the code it runs.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("chanattn.training.commands", "chanattn.bench.commands")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "chanattn.training.commands",
+    "chanattn.bench.commands",
+)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -143,11 +146,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, PermissionError) as exc:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"chanattn {args.command}: error: {exc}", file=sys.stderr)
+        hint = " (a training run continues with --resume DIR)" if args.command in ("train", "compare") else ""
+        print(f"chanattn {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"chanattn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything else is our bug or the machine's: still one line
+        if args.debug:
+            raise
+        print(f"chanattn {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename!r}"
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

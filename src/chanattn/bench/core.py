@@ -1,0 +1,528 @@
+"""Measurement for ``chanattn bench``: latency, memory, parameters, multiply-adds and the
+memory-traffic floor of one attention module on one input shape, or the throughput of one model.
+
+Latency. Each callable gets ``warmup`` warm-up calls, the last of which is timed to pick ``iters``,
+the number of calls one timed repeat makes so that it lasts at least ``min_time_s``; then ``repeats``
+timed repeats, the callables interleaved (``ours``, ``timm``, ``copy``; the order rotates from one
+repeat to the next) so that machine noise reaches all of them alike. A repeat's time / ``iters`` is
+one sample of the time per call; the record keeps the median, the quartiles and the extremes of the
+samples. On CUDA every timed region starts and ends with ``torch.cuda.synchronize``.
+
+Modes. ``infer``: ``module.eval()`` under ``torch.no_grad()``. ``train``: ``module.train()``, the
+forward and ``torch.autograd.grad`` of the output with a fixed random output gradient with respect
+to the input and the parameters (a random gradient, not ``y.sum()``, whose gradient is a broadcast
+scalar that costs no memory traffic; ``autograd.grad`` returns the gradients instead of adding them
+into ``.grad``, so each call does the same work).
+
+Memory-traffic floor. A gate ``y = x * g(pool(x))`` must at least read x once to pool it, then read
+x and write y to rescale it: 3 passes over the tensor. Its backward must at least read dy and x once
+for the gate's gradient (a reduction of dy * x), then read dy and write dx: 4 passes. The floor is
+the time of those passes at the copy speed of the machine, measured in the same run: a copy
+``buf.copy_(x)`` into a preallocated buffer is 2 passes (one read, one write), so
+floor = copy time * passes / 2, i.e. 1.5 x copy for ``infer`` and 3.5 x copy for ``train``
+(:data:`FLOOR_PASSES`). ``latency / floor`` says how far a module is from that bound; modules
+that are not gates on their input (``sk`` is a convolution block) are far above it by design.
+
+Memory. On CUDA: ``torch.cuda.max_memory_allocated`` during one call minus the memory allocated
+before it (input, parameters and output gradient allocated beforehand). On CPU, which has no
+allocator statistics: the peak of the bytes held by tensors created during the call (every aten
+operation's output, followed by a ``TorchDispatchMode``, each storage counted once while it is
+alive), beyond the input, the output gradient, the parameters and the buffers; scratch memory
+inside a kernel is not seen. In ``train`` mode, ``saved`` is the size of the tensors that autograd
+keeps for the backward (``saved_tensors_hooks``), again beyond the input and the parameters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..errors import CLIError
+from ..models.profile import count_macs, count_params
+
+__all__ = [
+    "COPY_PASSES",
+    "FLOOR_PASSES",
+    "MODES",
+    "SlowCallError",
+    "Timing",
+    "bench_model",
+    "bench_module",
+    "machine_info",
+    "parse_shapes",
+    "peak_bytes",
+    "saved_bytes",
+    "time_interleaved",
+]
+
+MODES = ("infer", "train")
+#: Passes over the tensor (reads + writes) of the least traffic of a gate, by mode.
+FLOOR_PASSES = {"infer": 3, "train": 7}
+#: Passes of the copy that the floor is scaled from (one read, one write).
+COPY_PASSES = 2
+MIB = 2 ** 20
+
+
+class SlowCallError(RuntimeError):
+    """One call of the callable ``name`` took ``seconds``, more than the allowed ``limit``."""
+
+    def __init__(self, name: str, seconds: float, limit: float) -> None:
+        super().__init__(f"one call takes {seconds:.1f} s (> --max-call-s {limit:g})")
+        self.name, self.seconds, self.limit = name, seconds, limit
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call over the timed repeats: median, quartiles, extremes; ``iters`` calls per
+    repeat."""
+
+    median_s: float
+    q1_s: float
+    q3_s: float
+    min_s: float
+    max_s: float
+    iters: int
+    repeats: int
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float], iters: int) -> Timing:
+        v = sorted(samples)
+        return cls(_quantile(v, 0.5), _quantile(v, 0.25), _quantile(v, 0.75), v[0], v[-1], iters, len(v))
+
+    def fields(self, prefix: str = "") -> dict[str, float | int]:
+        """The timing as record fields in milliseconds (``{prefix}ms``, ``{prefix}q1_ms``, ...)."""
+        return {f"{prefix}ms": self.median_s * 1e3, f"{prefix}q1_ms": self.q1_s * 1e3,
+                f"{prefix}q3_ms": self.q3_s * 1e3, f"{prefix}min_ms": self.min_s * 1e3,
+                f"{prefix}max_ms": self.max_s * 1e3, f"{prefix}iters": self.iters}
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-quantile of sorted values, linear between order statistics."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_shapes(text: str, option: str = "--shapes") -> list[tuple[int, int, int, int]]:
+    """Comma-separated ``BxCxHxW`` shapes as tuples.
+
+    Raises:
+        CLIError: an item is not four positive integers joined by ``x``.
+    """
+    shapes = []
+    for item in str(text).split(","):
+        try:
+            dims = tuple(int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            dims = ()
+        if len(dims) != 4 or min(dims) < 1:
+            raise CLIError(f"{option} expects comma-separated BxCxHxW of positive integers "
+                           f"(e.g. 32x64x56x56,32x256x14x14), got {item.strip()!r}")
+        shapes.append(dims)
+    return shapes  # type: ignore[return-value]
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
+    """What the figures depend on: CPU model, cores, load, torch (and timm) versions, threads,
+    device and the date."""
+    device = torch.device(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "cores_logical": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        info["timm"] = metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        info["timm"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, device: torch.device | str = "cpu",
+                     repeats: int = 15, warmup: int = 3, min_time_s: float = 0.01,
+                     max_call_s: float | None = None) -> dict[str, Timing]:
+    """The time per call of each callable, measured in interleaved repeats.
+
+    Args:
+        fns: name -> a callable with no argument.
+        device: where the work runs (CUDA is synchronised around every timed region).
+        repeats: timed repeats per callable (default 15).
+        warmup: warm-up calls per callable first (default 3); the last one is timed to calibrate
+            the number of calls per repeat (with 0, one call is made for that).
+        min_time_s: a repeat makes enough calls to last at least this long (default 0.01 s).
+        max_call_s: raise :class:`SlowCallError` if the calibration call of one callable takes
+            longer than this (default no limit).
+    """
+    if repeats < 1:
+        raise ValueError(f"time_interleaved: repeats must be >= 1, got {repeats}")
+    device = torch.device(device)
+    iters: dict[str, int] = {}
+    for name, fn in fns.items():
+        for _ in range(warmup - 1):
+            fn()
+        # The last warm-up call (or one call with warmup=0) is timed to set the count; a call
+        # shorter than min_time_s is timed once more and the faster of the two is kept.
+        best = math.inf
+        for _ in range(2):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+            if max_call_s is not None and best > max_call_s:
+                raise SlowCallError(name, best, max_call_s)
+            if best >= min_time_s:
+                break
+        iters[name] = max(1, math.ceil(min_time_s / max(best, 1e-9)))
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn, n = fns[name], iters[name]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: Timing.from_samples(samples[name], iters[name]) for name in names}
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        return StorageWeakRef(t.untyped_storage()).cdata
+    except (RuntimeError, NotImplementedError):  # tensors without a storage
+        return None
+
+
+def _keys(tensors: Iterable[torch.Tensor]) -> set[int]:
+    return {k for t in tensors if (k := _storage_key(t)) is not None}
+
+
+class _LiveTensors(TorchDispatchMode):
+    """Follows the storages that aten operations create and keeps the peak of their live bytes."""
+
+    def __init__(self, exclude: set[int]) -> None:
+        super().__init__()
+        self.exclude = exclude
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Nothing here runs under torch.compile; without this, torch wraps __torch_dispatch__ in
+        # torch._disable_dynamo, whose first call imports torch._dynamo (seconds on a small CPU).
+        return False
+
+    def _sweep(self) -> None:
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():
+                del self.live[key]
+                self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            ref = StorageWeakRef(storage)
+            nbytes = storage.nbytes()
+            if ref.cdata in self.exclude or ref.cdata in self.live or nbytes == 0:
+                continue
+            self.live[ref.cdata] = (ref, nbytes)
+            self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def peak_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = (),
+               device: torch.device | str = "cpu") -> int:
+    """The peak extra memory of one call of ``fn``, in bytes.
+
+    CUDA: ``max_memory_allocated`` during the call minus ``memory_allocated`` before it. CPU: the
+    most bytes held at once by the storages that aten operations create during the call (each
+    storage once; ``exclude``'s storages, which exist before the call, are not counted); memory a
+    kernel uses internally is not seen.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - base)
+    tracker = _LiveTensors(_keys(exclude))
+    with tracker:
+        fn()
+    return tracker.peak
+
+
+def saved_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the tensors autograd saves for the backward during one call of ``fn`` (each storage
+    once, ``exclude``'s storages, such as the input and the parameters, not counted)."""
+    skip = _keys(exclude)
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key is not None and key not in skip:
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@dataclass
+class _Call:
+    """A module's benchmark call on a fixed input, and the tensors that exist before it."""
+
+    fn: Callable[[], object]
+    out_shape: tuple[int, ...]
+    owned: list[torch.Tensor]
+
+
+def _module_call(module: nn.Module, x: torch.Tensor, mode: str, seed: int) -> _Call:
+    """The callable that ``mode`` times for ``module`` on ``x`` (runs it once to check it)."""
+    owned = [x, *module.parameters(), *module.buffers()]
+    if mode == "infer":
+        module.eval()
+
+        def infer() -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
+
+        return _Call(infer, tuple(infer().shape), owned)
+    module.train()
+    xg = x.detach().requires_grad_(True)
+    params = tuple(p for p in module.parameters() if p.requires_grad)
+    y = module(xg)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+
+    def train() -> tuple[torch.Tensor | None, ...]:
+        out = module(xg)
+        return torch.autograd.grad(out, (xg, *params), g, allow_unused=True)
+
+    train()
+    return _Call(train, tuple(y.shape), [*owned, g])
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+
+
+def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device: str = "cpu",
+                 vs_timm: bool = False, repeats: int = 15, warmup: int = 3, min_time_s: float = 0.01,
+                 max_call_s: float | None = 10.0, seed: int = 0) -> dict[str, object]:
+    """One record of the module bench: ``name`` (a registry name or alias) with its defaults on an
+    input of ``shape`` = (B, C, H, W).
+
+    Fields: module, registry_name, kind, shape, mode, device, params, macs (forward, whole batch,
+    flop counter: convolutions, linear layers and matrix products only), ms / q1_ms / q3_ms /
+    min_ms / max_ms / iters (per call), repeats, peak_mib, saved_mib (train), copy_ms, floor_ms,
+    floor_ratio (ms / floor_ms), and with ``vs_timm`` timm_impl, timm_params, timm_ms, ...,
+    timm_floor_ratio and vs_timm (ms / timm_ms, from the medians); ``note`` says why a row or its
+    timm part was skipped (``skipped: ...``, ``timm fails: ...``). A module that cannot take the
+    shape gives a record with only the note, not an exception.
+
+    Args:
+        name: the module.
+        shape: (B, C, H, W) of the random input.
+        mode: ``"infer"`` or ``"train"`` (see the module docstring).
+        device: ``"cpu"`` or ``"cuda"``.
+        vs_timm: also measure timm's implementation, interleaved (see :mod:`.timm_refs`).
+        repeats, warmup, min_time_s, max_call_s: of :func:`time_interleaved`; a module whose
+            single call takes longer than ``max_call_s`` is skipped (default 10 s).
+        seed: of the input and the weights (default 0).
+    """
+    from ..registry import module_info
+
+    if mode not in MODES:
+        raise ValueError(f"bench_module: mode must be one of {MODES}, got {mode!r}")
+    dev = torch.device(device)
+    b, c, h, w = (int(v) for v in shape)
+    info = module_info(name)
+    rec: dict[str, object] = {
+        "module": name, "registry_name": info.name, "kind": info.kind, "shape": f"{b}x{c}x{h}x{w}",
+        "mode": mode, "device": str(dev), "note": "",
+    }
+    if c % info.channel_multiple:
+        rec["note"] = f"skipped: needs C % {info.channel_multiple} == 0, got C = {c}"
+        return rec
+    if min(h, w) < info.min_size:
+        rec["note"] = f"skipped: needs H, W >= {info.min_size}, got {h}x{w}"
+        return rec
+    torch.manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed)).to(dev)
+    try:
+        ours = info.cls(c).to(dev)
+        call = _module_call(ours, x, mode, seed)
+    except Exception as exc:  # a module that cannot run on this shape is a row, not a crash
+        rec["note"] = f"skipped: {_error_text(exc)}"
+        return rec
+    rec["params"] = count_params(ours)
+    rec["macs"] = count_macs(ours, inputs=x)
+
+    theirs, their_call = None, None
+    if vs_timm:
+        from .timm_refs import timm_counterpart
+
+        rec["timm_impl"] = ""
+        try:
+            made = timm_counterpart(info.name, ours, (b, c, h, w))
+            if made is not None:
+                theirs, rec["timm_impl"] = made
+                theirs = theirs.to(dev)
+                their_call = _module_call(theirs, x, mode, seed)
+                if their_call.out_shape != call.out_shape:
+                    raise ValueError(f"output {their_call.out_shape}, ours {call.out_shape}")
+        except Exception as exc:  # timm's module may fail; say so in the row
+            rec["note"] = f"timm fails: {_error_text(exc)}"
+            theirs, their_call = None, None
+        if theirs is not None:
+            rec["timm_params"] = count_params(theirs)
+            rec["timm_macs"] = count_macs(theirs, inputs=x)
+
+    rec["peak_mib"] = peak_bytes(call.fn, call.owned, dev) / MIB
+    if mode == "train":
+        rec["saved_mib"] = saved_bytes(call.fn, call.owned) / MIB
+    if their_call is not None:
+        rec["timm_peak_mib"] = peak_bytes(their_call.fn, their_call.owned, dev) / MIB
+        if mode == "train":
+            rec["timm_saved_mib"] = saved_bytes(their_call.fn, their_call.owned) / MIB
+
+    buf = torch.empty_like(x)
+    fns: dict[str, Callable[[], object]] = {"ours": call.fn, "copy": lambda: buf.copy_(x)}
+    if their_call is not None:
+        fns = {"ours": call.fn, "timm": their_call.fn, "copy": fns["copy"]}
+    kw = dict(device=dev, repeats=repeats, warmup=warmup, min_time_s=min_time_s, max_call_s=max_call_s)
+    try:
+        timings = time_interleaved(fns, **kw)
+    except SlowCallError as exc:
+        if exc.name != "timm":
+            rec["note"] = f"skipped: {exc}"
+            return rec
+        rec["note"] = f"timm skipped: {exc}"
+        del fns["timm"]
+        their_call = None
+        timings = time_interleaved(fns, **kw)
+    rec.update(timings["ours"].fields())
+    rec["repeats"] = repeats
+    copy = timings["copy"].median_s
+    floor = copy * FLOOR_PASSES[mode] / COPY_PASSES
+    rec["copy_ms"] = copy * 1e3
+    rec["floor_ms"] = floor * 1e3
+    rec["floor_ratio"] = timings["ours"].median_s / floor
+    if their_call is not None:
+        rec.update(timings["timm"].fields("timm_"))
+        rec["timm_floor_ratio"] = timings["timm"].median_s / floor
+        rec["vs_timm"] = timings["ours"].median_s / timings["timm"].median_s
+    return rec
+
+
+def bench_model(arch: str, attn: str | None, *, batch: int = 32, device: str = "cpu",
+                repeats: int = 3, warmup: int = 1, min_time_s: float = 0.01,
+                max_call_s: float | None = None, seed: int = 0) -> dict[str, object]:
+    """One record of the model bench: ``create_model(arch, attn=attn)`` at ``batch`` images of its
+    input size: params, macs (per image), inference (eval, no_grad) and training step (train,
+    forward, cross-entropy, backward, SGD step with momentum) times per batch and images/s, from
+    the medians of ``repeats`` interleaved repeats.
+
+    Args:
+        arch: an architecture of ``chanattn.list_models()``.
+        attn: a module name, or ``None`` / ``"none"`` for the plain model.
+        batch: images per batch (default 32).
+        device: ``"cpu"`` or ``"cuda"``.
+        repeats, warmup, min_time_s, max_call_s: of :func:`time_interleaved` (defaults 3, 1,
+            0.01 s, no limit).
+        seed: of the weights and the data (default 0).
+    """
+    from ..models import create_model, model_info
+
+    info = model_info(arch)
+    attn_name = None if attn is None or str(attn).strip().lower() == "none" else attn
+    dev = torch.device(device)
+    rec: dict[str, object] = {"model": info.name, "attn": attn_name or "none", "batch": batch,
+                              "input": "x".join(map(str, info.input_size)), "device": str(dev),
+                              "note": ""}
+    torch.manual_seed(seed)
+    try:
+        model = create_model(info.name, attn=attn_name).to(dev)
+    except Exception as exc:  # e.g. a module that needs a channel multiple the model lacks
+        rec["note"] = f"skipped: {_error_text(exc)}"
+        return rec
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *info.input_size, generator=gen).to(dev)
+    labels = torch.randint(0, info.num_classes, (batch,), generator=gen).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+    def infer() -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            return model(x)
+
+    def train_step() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), labels).backward()
+        opt.step()
+
+    try:
+        rec["params"] = count_params(model)
+        rec["macs_per_image"] = count_macs(model, (1, *info.input_size))
+        timings = time_interleaved({"infer": infer, "train": train_step}, device=dev, repeats=repeats,
+                                   warmup=warmup, min_time_s=min_time_s, max_call_s=max_call_s)
+    except (SlowCallError, RuntimeError, ValueError) as exc:
+        rec["note"] = f"skipped: {_error_text(exc)}"
+        return rec
+    for key, t in timings.items():
+        rec.update(t.fields(f"{key}_"))
+        rec[f"{key}_img_s"] = batch / t.median_s
+    rec["repeats"] = repeats
+    return rec

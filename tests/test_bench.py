@@ -1,0 +1,217 @@
+"""``chanattn bench``: the records' fields and arithmetic, the memory counters, the timm counterparts
+and the command line. Tiny shapes and few repeats; no timing comparisons."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import chanattn
+from chanattn.bench.core import (
+    FLOOR_PASSES,
+    Timing,
+    bench_model,
+    bench_module,
+    parse_shapes,
+    peak_bytes,
+    saved_bytes,
+    time_interleaved,
+)
+from chanattn.cli import main
+from chanattn.errors import CLIError
+
+FAST = dict(repeats=3, warmup=1, min_time_s=0.0005)
+SHAPE = (2, 16, 8, 8)
+TIMING_KEYS = ("ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "iters")
+
+
+def test_timing_quantiles_from_samples():
+    t = Timing.from_samples([5.0, 1.0, 3.0, 2.0, 4.0], iters=7)
+    assert (t.median_s, t.q1_s, t.q3_s, t.min_s, t.max_s) == (3.0, 2.0, 4.0, 1.0, 5.0)
+    assert (t.iters, t.repeats) == (7, 5)
+    assert Timing.from_samples([1.0, 2.0], 1).median_s == 1.5
+    assert t.fields("x_")["x_ms"] == 3000.0
+
+
+def test_time_interleaved_calls_and_rotates():
+    order: list[str] = []
+    fns = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
+    timings = time_interleaved(fns, repeats=4, warmup=2, min_time_s=0.0)
+    # two warm-up calls each, the last timed for calibration (min_time 0 -> 1 call per repeat)
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]
+    timed = order[6:]
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    for t in timings.values():
+        assert t.repeats == 4 and t.iters == 1 and 0 < t.min_s <= t.median_s <= t.max_s
+    with pytest.raises(ValueError, match="repeats"):
+        time_interleaved(fns, repeats=0)
+
+
+def test_peak_bytes_counts_live_tensors_created_by_the_call():
+    def fn():
+        a = torch.ones(256, 256)
+        b = a * 2
+        del a
+        return b + 1  # a is gone when this is made: at most two 256 KiB tensors live at once
+
+    assert peak_bytes(fn) == 2 * 256 * 256 * 4
+    x = torch.randn(256, 256)
+    assert peak_bytes(lambda: x.add_(1), [x]) == 0  # in place on a tensor that existed before
+
+
+def test_saved_bytes_counts_tensors_kept_for_backward():
+    x = torch.randn(64, 64, requires_grad=True)
+    assert saved_bytes(lambda: x.exp().sum().backward(), [x]) == 64 * 64 * 4  # exp saves its result
+    assert saved_bytes(lambda: (x * x).sum().backward(), [x]) == 0  # only x itself, excluded
+
+
+def _check_timing(rec, prefix=""):
+    for key in TIMING_KEYS:
+        assert f"{prefix}{key}" in rec, key
+    assert rec[f"{prefix}min_ms"] <= rec[f"{prefix}q1_ms"] <= rec[f"{prefix}ms"]
+    assert rec[f"{prefix}ms"] <= rec[f"{prefix}q3_ms"] <= rec[f"{prefix}max_ms"]
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_module_record_fields_and_ratios(mode):
+    pytest.importorskip("timm")
+    rec = bench_module("se", SHAPE, mode=mode, vs_timm=True, **FAST)
+    assert rec["note"] == ""
+    assert (rec["module"], rec["shape"], rec["mode"], rec["device"]) == ("se", "2x16x8x8", mode, "cpu")
+    assert rec["params"] == sum(p.numel() for p in chanattn.create("se", 16).parameters())
+    assert rec["macs"] == 2 * (16 * 1 + 1 * 16)  # two 1x1 convs on the pooled (2, 16, 1, 1)
+    assert rec["timm_params"] == rec["params"] and rec["timm_macs"] == rec["macs"]
+    assert "SEModule(16, rd_channels=1)" in rec["timm_impl"]
+    _check_timing(rec)
+    _check_timing(rec, "timm_")
+    assert rec["copy_ms"] > 0
+    assert math.isclose(rec["floor_ms"], rec["copy_ms"] * FLOOR_PASSES[mode] / 2)
+    assert math.isclose(rec["floor_ratio"], rec["ms"] / rec["floor_ms"])
+    assert math.isclose(rec["timm_floor_ratio"], rec["timm_ms"] / rec["floor_ms"])
+    assert math.isclose(rec["vs_timm"], rec["ms"] / rec["timm_ms"])  # from the medians
+    out_mib = 2 * 16 * 8 * 8 * 4 / 2 ** 20
+    assert rec["peak_mib"] >= out_mib  # at least the output
+    if mode == "train":
+        assert rec["peak_mib"] >= 2 * out_mib and rec["saved_mib"] > 0 and "timm_saved_mib" in rec
+    else:
+        assert "saved_mib" not in rec
+
+
+def test_timm_failure_and_missing_counterpart_are_notes():
+    pytest.importorskip("timm")
+    rec = bench_module("ge_theta", (2, 16, 16, 16), vs_timm=True, **FAST)
+    assert rec["note"].startswith("timm fails: TypeError")
+    assert "ms" in rec and "vs_timm" not in rec and "timm_ms" not in rec
+    rec = bench_module("ge_theta_minus", SHAPE, vs_timm=True, **FAST)  # timm builds this one
+    assert rec["note"] == "" and rec["vs_timm"] > 0
+    rec = bench_module("gct", SHAPE, vs_timm=True, **FAST)  # timm has no GCT
+    assert rec["note"] == "" and rec["timm_impl"] == "" and "vs_timm" not in rec
+
+
+def test_modules_that_cannot_take_the_shape_are_skipped_rows():
+    rec = bench_module("fca", (2, 8, 8, 8), **FAST)
+    assert rec["note"] == "skipped: needs C % 16 == 0, got C = 8" and "ms" not in rec
+    rec = bench_module("se", SHAPE, max_call_s=1e-9, **FAST)
+    assert rec["note"].startswith("skipped: one call takes")
+
+
+@pytest.mark.parametrize("name", ["se", "ese", "eca", "cbam", "cbam_channel", "cbam_spatial", "sk",
+                                  "ge_theta_minus"])
+def test_timm_counterparts_compute_the_same_function(name):
+    pytest.importorskip("timm")
+    from chanattn.bench.timm_refs import timm_counterpart
+
+    shape = (2, 64, 7, 7)
+    ours = chanattn.create(name, 64)
+    theirs, desc = timm_counterpart(chanattn.module_info(name).name, ours, shape)
+    assert desc.startswith("timm.layers.")
+    s, d = theirs.state_dict(), ours.state_dict()
+    assert [v.shape for v in s.values()] == [v.shape for v in d.values()]
+    g = torch.Generator().manual_seed(1)
+    ours.load_state_dict({k: torch.randn(v.shape, generator=g).abs() * 0.5 if v.is_floating_point() else v
+                          for k, v in d.items()})
+    theirs.load_state_dict(dict(zip(s, ours.state_dict().values())))
+    x = torch.randn(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_parse_shapes():
+    assert parse_shapes("32x64x56x56, 2X3X4X5") == [(32, 64, 56, 56), (2, 3, 4, 5)]
+    for bad in ("32x64", "32x64x0x7", "axbxcxd", ""):
+        with pytest.raises(CLIError, match="--shapes expects"):
+            parse_shapes(bad)
+
+
+def _one_error_line(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("chanattn bench: error:"), err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_cli_errors_are_one_line(capsys):
+    _one_error_line(capsys, ["bench", "--modules", "se", "--shapes", "32x64"], "--shapes expects", "'32x64'")
+    _one_error_line(capsys, ["bench", "--modules", "se,nosuch"], "unknown module 'nosuch'")
+    _one_error_line(capsys, ["bench", "--models", "resnet9000"], "unknown", "resnet9000")
+    _one_error_line(capsys, ["bench"], "--modules", "--models")
+    _one_error_line(capsys, ["bench", "--modules", "se", "--out", "r.txt"], ".json or .csv")
+    _one_error_line(capsys, ["bench", "--modules", "se", "--repeats", "0"], "--repeats")
+
+
+def test_all_means_every_registered_module():
+    from chanattn.bench.commands import _module_list
+
+    assert _module_list("all") == chanattn.list_modules()
+    assert _module_list("ese,se,ese") == ["ese", "se"]
+
+
+FAST_ARGS = ["--repeats", "2", "--warmup", "0", "--min-time", "0.0005", "--threads", "1"]
+
+
+def test_cli_writes_json_and_csv(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert main(["bench", "--modules", "se,fca", "--shapes", "2x16x8x8,1x8x4x4", *FAST_ARGS,
+                 "--out", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "x floor" in table and "skipped: needs C % 16 == 0" in table and "flop_counter" in table
+    data = json.loads(path.read_text())
+    assert {"cpu", "cores_usable", "torch", "threads", "device", "date"} <= set(data["machine"])
+    assert data["machine"]["threads"] == 1 and data["settings"]["shapes"] == "2x16x8x8,1x8x4x4"
+    assert [(r["module"], r["shape"]) for r in data["records"]] == [
+        ("se", "2x16x8x8"), ("se", "1x8x4x4"), ("fca", "2x16x8x8"), ("fca", "1x8x4x4")]
+    assert data["records"][0]["floor_ratio"] > 0 and data["records"][3]["note"].startswith("skipped")
+
+    path = tmp_path / "sub" / "r.csv"
+    assert main(["bench", "--modules", "eca", "--shapes", "2x16x8x8", "--mode", "train", *FAST_ARGS,
+                 "--out", str(path)]) == 0
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 1 and rows[0]["module"] == "eca" and rows[0]["mode"] == "train"
+    assert float(rows[0]["ms"]) > 0 and float(rows[0]["saved_mib"]) >= 0 and rows[0]["cpu"]
+
+
+def test_models_bench(tmp_path, capsys):
+    rec = bench_model("resnet8", "se", batch=2, repeats=2, warmup=0, min_time_s=0.0005)
+    assert rec["note"] == "" and rec["attn"] == "se"
+    assert rec["params"] == chanattn.models.count_params(chanattn.create_model("resnet8", attn="se"))
+    assert rec["macs_per_image"] > 0
+    for key in ("infer", "train"):
+        _check_timing(rec, f"{key}_")
+        assert math.isclose(rec[f"{key}_img_s"], 2 / (rec[f"{key}_ms"] / 1e3))
+    path = tmp_path / "m.json"
+    assert main(["bench", "--models", "resnet8", "--attn", "none,eca", "--batch", "2", *FAST_ARGS,
+                 "--out", str(path)]) == 0
+    assert "train img/s" in capsys.readouterr().out
+    records = json.loads(path.read_text())["records"]
+    assert [(r["model"], r["attn"]) for r in records] == [("resnet8", "none"), ("resnet8", "eca")]
+
+
+def test_vs_timm_without_timm_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "timm.layers", None)  # makes the import fail
+    _one_error_line(capsys, ["bench", "--modules", "se", "--vs", "timm"], "--vs timm needs timm")
+    _one_error_line(capsys, ["bench", "--models", "resnet8", "--vs", "timm"], "--vs timm applies")
