@@ -406,9 +406,62 @@ _KIND_COLORS = {
 }
 
 
+def _place_labels(ax, points: list[tuple[float, float, str, str, float]], fontsize: float = 8.5) -> None:
+    """Label each (x, y) point without labels printing over each other or over the points: try
+    offsets around the point, nearest first, and keep the first whose box is free; a label moved
+    away from its point gets a thin leader line."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    scale = fig.dpi / 72.0  # points -> pixels
+    taken: list[tuple[float, float, float, float]] = []
+    for x, y, _, _, err in points:  # the markers and their error bars
+        px, py = to_px((x, y))
+        _, top = to_px((x, y + err))
+        _, bottom = to_px((x, y - err))
+        taken.append((px - 5, py - 5, px + 5, py + 5))
+        taken.append((px - 4, bottom - 1, px + 4, top + 1))
+    offsets = [(6, -4)]
+    for r in range(1, 16):
+        d = 9 * r
+        offsets += [(6, d - 4), (6, -d - 4), (-6, d - 4), (-6, -d - 4), (d, -4), (-d, -4)]
+
+    def free(box) -> bool:
+        x0, y0, x1, y1 = box
+        return all(x1 <= a0 or x0 >= a1 or y1 <= b0 or y0 >= b1 for a0, b0, a1, b1 in taken)
+
+    for x, y, text, color, _ in sorted(points, key=lambda p: (p[0], p[1])):
+        t = ax.text(0, 0, text, fontsize=fontsize)
+        ext = t.get_window_extent(renderer=renderer)
+        t.remove()
+        w, h = ext.width, ext.height
+        px, py = to_px((x, y))
+        for dx, dy in offsets:
+            left = px + dx * scale if dx >= 0 else px + dx * scale - w
+            bottom = py + dy * scale
+            box = (left - 1, bottom - 1, left + w + 1, bottom + h + 1)
+            if free(box):
+                break
+        taken.append(box)
+        far = abs(dx) > 12 or abs(dy) > 12
+        ax.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            fontsize=fontsize,
+            color=color,
+            ha="left" if dx >= 0 else "right",
+            va="bottom",
+            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if far else None,
+        )
+
+
 def write_plots(results: dict, out: str) -> list[str]:
-    """top-1 against parameters and against latency, error bars = std over seeds; one labelled
-    point per module, coloured by kind, the baseline as a dashed line."""
+    """top-1 against the parameters added to the baseline (symmetric log scale: ECA's +9 and
+    GSoP's +270k on one axis) and against latency; error bars = std over seeds; one labelled
+    point per module, coloured by kind; the baseline's accuracy as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -416,53 +469,53 @@ def write_plots(results: dict, out: str) -> list[str]:
 
     rows = [r for r in results["rows"] if r["top1_mean"] is not None and r["params"] is not None]
     base = next((r for r in rows if r["module"] == BASELINE), None)
+    base_params = base["params"] if base is not None else 0
     paths = []
-    for key, label, fname in (
-        ("params", "parameters", "top1_vs_params.png"),
-        ("latency_ms", "latency at batch 1 (ms, median)", "top1_vs_latency.png"),
-    ):
-        fig, ax = plt.subplots(figsize=(11, 7.5), dpi=110)
-        kinds_seen = {}
+    plots = (
+        ("params", "parameters added to the baseline (symmetric log scale)", "top1_vs_params.png"),
+        ("latency_ms", "latency at batch 1 (ms, median forward, eval)", "top1_vs_latency.png"),
+    )
+    for key, label, fname in plots:
+        fig, ax = plt.subplots(figsize=(12, 8), dpi=110)
+        kinds_seen: dict = {}
+        points = []
         for r in rows:
+            if r[key] is None:
+                continue
+            x = r[key] - base_params if key == "params" else r[key]
             color = _KIND_COLORS.get(r["kind"], "tab:gray")
             h = ax.errorbar(
-                r[key],
+                x,
                 r["top1_mean"],
                 yerr=r["top1_std"],
-                fmt="o",
+                fmt="o" if r["module"] != BASELINE else "D",
                 color=color,
                 ecolor=color,
                 elinewidth=1,
                 capsize=3,
-                markersize=6 if r["module"] != BASELINE else 9,
+                alpha=0.9,
+                markersize=6 if r["module"] != BASELINE else 8,
             )
             kinds_seen.setdefault(r["kind"], h)
-        # labels: alternate above/below along x so that neighbours do not print over each other
-        for i, r in enumerate(sorted(rows, key=lambda r: r[key])):
-            dy = 8 if i % 2 == 0 else -14
-            ax.annotate(
-                r["module"],
-                (r[key], r["top1_mean"]),
-                textcoords="offset points",
-                xytext=(5, dy),
-                fontsize=8.5,
-                color=_KIND_COLORS.get(r["kind"], "tab:gray"),
-            )
+            points.append((x, r["top1_mean"], r["module"], color, r["top1_std"] or 0.0))
         if base is not None:
             ax.axhline(base["top1_mean"], color="black", linestyle="--", linewidth=0.8, alpha=0.6)
         if key == "params":
-            ax.set_xscale("log")
-        elif rows and max(r[key] for r in rows) / max(min(r[key] for r in rows), 1e-9) > 20:
-            ax.set_xscale("log")
-        ax.set_xlabel(label + (" (log scale)" if ax.get_xscale() == "log" else ""))
+            ax.set_xscale("symlog", linthresh=10)
+            ax.axvline(0, color="black", linewidth=0.5, alpha=0.4)
+        ax.margins(x=0.08, y=0.08)
+        ax.set_xlabel(label)
         ax.set_ylabel("top-1 test accuracy (%), mean ± std over seeds")
         ax.set_title(
             f"{results['arch']} on {results['dataset']}: {results['epochs']} epochs, "
-            f"{len(results['seeds'])} seed(s) per module"
+            f"{len(results['seeds'])} seed(s) per module; dashed: no attention"
         )
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(list(kinds_seen.values()), list(kinds_seen.keys()), loc="best", fontsize=9)
+        ax.grid(True, alpha=0.3, which="major")
+        ax.legend(
+            list(kinds_seen.values()), list(kinds_seen.keys()), loc="lower left", fontsize=9, framealpha=0.8
+        )
         fig.tight_layout()
+        _place_labels(ax, points)
         path = os.path.join(out, fname)
         fig.savefig(path)
         plt.close(fig)
