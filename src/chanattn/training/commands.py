@@ -17,7 +17,7 @@ import typing
 from typing import Any
 
 from ..errors import CLIError
-from .config import RECIPES, TrainConfig, resolve_config
+from .config import RECIPES, RUNTIME_FIELDS, TrainConfig, resolve_config
 
 __all__ = ["add_config_flags", "add_parsers", "config_from_args"]
 
@@ -145,16 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None)
     if resume is not None:
         given = {k for k in vars(args) if k not in _NOT_CONFIG}
-        allowed = {
-            "device",
-            "threads",
-            "num_workers",
-            "progress",
-            "log_interval",
-            "stop_after",
-            "data_root",
-            "download",
-        }
+        allowed = set(RUNTIME_FIELDS)
         changed = sorted(given - allowed)
         if changed:
             raise CLIError(

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import CLIError
-from .config import TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 
 __all__ = ["BASELINE", "measure_latency", "parse_modules", "run_compare", "write_plots"]
 
@@ -36,19 +36,7 @@ BASELINE = "none"
 TABLE_COLUMNS = ("module", "params", "macs", "top1_mean", "top1_std", "seeds", "latency_ms")
 
 # fields that may differ between two invocations of the same compare without changing its results
-_FREE_FIELDS = {
-    "attn",
-    "seed",
-    "out",
-    "progress",
-    "log_interval",
-    "threads",
-    "num_workers",
-    "data_root",
-    "download",
-    "device",
-    "stop_after",
-}
+_FREE_FIELDS = {"attn", "seed", "out", *RUNTIME_FIELDS}
 
 
 def parse_modules(text: str | list[str]) -> list[str]:

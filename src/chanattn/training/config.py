@@ -17,9 +17,29 @@ from typing import Any
 
 from ..errors import CLIError
 
-__all__ = ["OPTIMIZERS", "RECIPES", "SCHEDULES", "TrainConfig", "load_config_file", "resolve_config"]
+__all__ = [
+    "OPTIMIZERS",
+    "RECIPES",
+    "RUNTIME_FIELDS",
+    "SCHEDULES",
+    "TrainConfig",
+    "load_config_file",
+    "resolve_config",
+]
 
 OPTIMIZERS = ("sgd", "adamw")
+
+#: Fields that do not change what a run computes: a resumed run may take new values for them.
+RUNTIME_FIELDS = (
+    "device",
+    "threads",
+    "num_workers",
+    "progress",
+    "log_interval",
+    "stop_after",
+    "data_root",
+    "download",
+)
 SCHEDULES = ("multistep", "step", "cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import CheckpointError, CLIError
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, state_digest
 from .progress import Progress
 
@@ -282,16 +282,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
         ckpt = _load_for_resume(path)
         saved = TrainConfig(**ckpt["config"])
         # only what does not change the result may differ from the saved run
-        for name in (
-            "device",
-            "threads",
-            "num_workers",
-            "progress",
-            "log_interval",
-            "stop_after",
-            "data_root",
-            "download",
-        ):
+        for name in RUNTIME_FIELDS:
             setattr(saved, name, getattr(cfg, name))
         saved.out = os.path.dirname(os.path.abspath(path))
         cfg = saved.validate()
@@ -359,30 +350,14 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
         restore_rng(ckpt["rng"])
 
     per_rank = cfg.batch_size // info.world_size
-    train_loader = BatchLoader(
-        data.train,
-        per_rank,
-        shuffle=True,
-        drop_last=True,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=device,
-        num_workers=cfg.num_workers,
-        pad_to_equal=True,
-    )
-    test_loader = BatchLoader(
-        data.test,
-        max(cfg.eval_batch_size // info.world_size, 1),
-        shuffle=False,
-        drop_last=False,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=device,
-        num_workers=cfg.num_workers,
-        pad_to_equal=False,
-    )
+    def loader(split, batch: int, train: bool) -> BatchLoader:
+        # training: every rank the same number of full batches; evaluation: each image once
+        return BatchLoader(split, batch, shuffle=train, drop_last=train, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size, device=device, num_workers=cfg.num_workers,
+                           pad_to_equal=train)
+
+    train_loader = loader(data.train, per_rank, train=True)
+    test_loader = loader(data.test, max(cfg.eval_batch_size // info.world_size, 1), train=False)
     if len(train_loader) == 0:
         raise CLIError(
             f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images "
