@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from .registry import create, list_modules, module_info
 
-__all__ = ["Row", "count_parameters", "markdown_table", "rows", "text_table"]
+__all__ = ["Row", "count_parameters", "export_markdown", "markdown_table", "rows", "text_table",
+           "update_readme"]
 
 #: The channel count the table's parameter column is taken at.
 TABLE_CHANNELS = 256
@@ -74,18 +75,75 @@ def text_table(channels: int = TABLE_CHANNELS) -> str:
 
 
 START, END = "<!-- modules:start -->", "<!-- modules:end -->"
+EXPORT_START, EXPORT_END = "<!-- exports:start -->", "<!-- exports:end -->"
+
+#: The export results (written by ``python -m chanattn.export --record``), relative to the README.
+EXPORT_RESULTS = "tests/export_support.json"
+
+_EXPORT_HEADS = {"torch.export": "torch.export", "onnx": "ONNX + onnxruntime", "torchscript": "TorchScript"}
 
 
-def update_readme(path: str) -> bool:
-    """Write the current :func:`markdown_table` between the markers of the README at ``path``.
-    Returns True if the file changed."""
+def _export_cell(entry: dict, fmt: str) -> str:
+    if not entry["ok"]:
+        return "no: " + entry["reason"]
+    text = entry["via"] if fmt == "torchscript" else "yes"
+    return text if entry["dynamic_batch"] else f"{text}, fixed batch"
+
+
+def export_markdown(data: dict) -> str:
+    """The README's export tables (modules, then architectures) from the results of
+    :func:`chanattn.export.record`."""
+    from .export import DEFAULT_TEST_MODELS, FORMATS
+
+    v = data.get("versions", {})
+    stack = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnx", "onnxscript", "onnxruntime") if k in v)
+    lines = [
+        f"Recorded with {stack}; ONNX opset {data['onnx_opset']}; outputs within "
+        f"{data['atol']:g} x max(1, max |eager|) of eager mode at batch sizes 1, 2 and 3. "
+        "\"yes\": exported with a dynamic batch; TorchScript: `script` (compiled) or `trace`.",
+        "",
+        "| module | " + " | ".join(_EXPORT_HEADS[f] for f in FORMATS) + " |",
+        "|---|" + "---|" * len(FORMATS),
+    ]
+    for name, entries in data["modules"].items():
+        lines.append(f"| `{name}` | " + " | ".join(_export_cell(entries[f], f) for f in FORMATS) + " |")
+    lines += [
+        "",
+        "| architecture (no attention) | " + " | ".join(_EXPORT_HEADS[f] for f in FORMATS) + " |",
+        "|---|" + "---|" * len(FORMATS),
+    ]
+    for name, entries in data["models"].items():
+        checked = DEFAULT_TEST_MODELS.get(name, ())
+        cells = [_export_cell(entries[f], f) + ("" if f in checked else " \\*") for f in FORMATS]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += ["", "`trace`: `torch.jit.script` cannot compile it (for the modules, their Python input "
+                  "checks), so it is traced: Python branches on shapes keep the example's H and W. "
+                  "\\*: checked by the full run (`CHANATTN_EXPORT_ALL=1` or `--record`), not by "
+                  "`make test` (a deeper or wider variant of code checked there)."]
+    return "\n".join(lines) + "\n"
+
+
+def _replace_section(text: str, start: str, end: str, body: str, path: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: the markers {start} and {end} are missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"
+
+
+def update_readme(path: str, export_results: str | None = None) -> bool:
+    """Write the current :func:`markdown_table` and :func:`export_markdown` between the markers of
+    the README at ``path``. ``export_results``: the JSON of :func:`chanattn.export.record` (default
+    :data:`EXPORT_RESULTS` beside the README). Returns True if the file changed."""
+    from pathlib import Path
+
+    from .export import load_support
+
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if START not in text or END not in text:
-        raise ValueError(f"{path}: the markers {START} and {END} are missing")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{markdown_table()}{END}{tail}"
+    results = export_results or str(Path(path).resolve().parent / EXPORT_RESULTS)
+    new = _replace_section(text, START, END, markdown_table(), path)
+    new = _replace_section(new, EXPORT_START, EXPORT_END, export_markdown(load_support(results)), path)
     if new != text:
         with open(path, "w", encoding="utf-8") as f:
             f.write(new)
@@ -96,4 +154,4 @@ if __name__ == "__main__":
     import sys
 
     changed = update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    print("README table updated" if changed else "README table already up to date")
+    print("README tables updated" if changed else "README tables already up to date")

@@ -22,6 +22,7 @@ from .errors import CLIError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chanattn.training.commands",
     "chanattn.bench.commands",
+    "chanattn.export",
 )
 
 

@@ -92,6 +92,10 @@ class ContextEncoding(AttentionModule):
     after its last BN, the ReLU zeroes the branch's negative responses: ``final_relu=False``
     gives y = x * (1 + gamma) instead, a plain channel gate that keeps them.
 
+    Non-finite inputs: a NaN or +Inf reaches the output; with the final ReLU a -Inf becomes 0 at
+    its own position (the ReLU's limit), and the output can be finite where the context path's
+    conv-BN-ReLU maps it to 0 as well (always at C = 1 with a positive weight).
+
     SE-loss: with ``num_classes`` set, a fully-connected layer C -> num_classes on e predicts
     which classes are present in the image (trained with a binary cross-entropy, weight 0.2 in
     the reference; :func:`se_loss_targets` builds the targets from a label map).
