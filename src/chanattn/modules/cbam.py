@@ -6,6 +6,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..functional import (
+    apply_spatial_gate,
+    avg_max_pool_channels,
+    avg_max_pool_space,
+    conv2d_few_channels,
+    grad_needed,
+    linear_1x1,
+    scale_then_avg_max_pool_channels,
+)
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
 from ..registry import register
 from .se import SqueezeExcite
@@ -30,19 +39,41 @@ class CBAMChannelAttention(SqueezeExcite):
         act_layer: default ``"relu"``; gate_layer: default ``"sigmoid"``.
         bias: the MLP has biases (default True: the official code's ``nn.Linear``; timm's
             ``CbamModule`` defaults to ``mlp_bias=False``).
+
+    ``forward``: without autograd, the two poolings chunk by chunk (the second reads from cache),
+    the max over short rows by overlapping windows, the MLP as matrix products
+    (:mod:`chanattn.functional`). ``forward_reference`` is the plain formula. Training saves x,
+    the (B, C) maxima and the gate.
     """
 
+    def excite_pooled(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        """The channel factor (B, C, 1, 1) from the two pooled descriptors, each (B, C)."""
+        b = avg.shape[0]
+        # Both poolings go through the shared MLP as one batch of 2B, as matrix products.
+        pooled = torch.cat([avg, mx], 0)
+        h = self.act(linear_1x1(self.fc1, pooled).view(2 * b, -1, 1, 1)).flatten(1)
+        s = linear_1x1(self.fc2, h)  # (2B, C)
+        return self.gate((s[:b] + s[b:]).view(b, -1, 1, 1))
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The channel factor, (B, C, 1, 1)."""
-        b = x.shape[0]
-        # Both poolings go through the shared MLP as one batch of 2B.
-        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 0)
-        s = self.fc2(self.act(self.fc1(pooled)))  # (2B, C, 1, 1)
-        return self.gate(s[:b] + s[b:])
+        """The channel factor, (B, C, 1, 1); both poolings in one pass over ``x`` where it can."""
+        return self.excite_pooled(*avg_max_pool_space(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return x * self.attention(x)
+
+    def attention_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain formula of the channel factor: mean and max over H, W, the shared MLP of 1x1
+        convolutions, the sum, the gate."""
+        pooled = [x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)]
+        s = [self.fc2(self.act(self.fc1(p))) for p in pooled]
+        return self.gate(s[0] + s[1])
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain formula, for tests."""
+        self._check_input(x)
+        return x * self.attention_reference(x)
 
 
 @register("cbam_spatial", title="CBAM spatial attention", paper=_PAPER, year=2018,
@@ -58,6 +89,12 @@ class CBAMSpatialAttention(AttentionModule):
         kernel_size: the convolution's odd kernel (default 7).
         norm: BatchNorm after the convolution (default True).
         gate_layer: default ``"sigmoid"``.
+
+    ``forward``: the mean and the max over C in one pass (chunks of the batch, each pooled twice
+    while in cache; the whole batch where it fits in cache); on CPU the 2 -> 1 convolution as a
+    depthwise one with the batch folded into the channels, without autograd. Training saves x, the
+    (B, 2, H, W) pooled map (an autograd Function recomputes the max's positions from it) and the
+    gate. ``forward_reference`` is the plain formula.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, norm: bool = True,
@@ -73,16 +110,31 @@ class CBAMSpatialAttention(AttentionModule):
         self.bn = nn.BatchNorm2d(1) if norm else nn.Identity()
         self.gate = create_act(gate_layer, owner=owner)
 
+    def excite_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The spatial factor (B, 1, H, W) from [mean_C; max_C], (B, 2, H, W)."""
+        if self.norm:
+            self._require_batch_stats(pooled.shape[0] * pooled.shape[2] * pooled.shape[3])
+        return self.gate(self.bn(conv2d_few_channels(self.conv, pooled)))
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The spatial factor, (B, 1, H, W)."""
+        """The spatial factor, (B, 1, H, W); both poolings over C in one pass over ``x``."""
+        return self.excite_pooled(avg_max_pool_channels(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return x * self.attention(x)
+
+    def attention_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain formula of the spatial factor."""
         if self.norm:
             self._require_batch_stats(x.shape[0] * x.shape[2] * x.shape[3])
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (B, 2, H, W)
         return self.gate(self.bn(self.conv(pooled)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain formula, for tests."""
         self._check_input(x)
-        return x * self.attention(x)
+        return x * self.attention_reference(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, norm={self.norm}"
@@ -98,6 +150,14 @@ class CBAM(AttentionModule):
             (:class:`CBAMChannelAttention`).
         kernel_size, norm: of the spatial attention (:class:`CBAMSpatialAttention`).
         gate_layer: the gate of both (default ``"sigmoid"``).
+
+    ``forward``: y = x * channel_gate is written once, pooled over C chunk by chunk while in
+    cache, and, without autograd, multiplied by the spatial gate in place (the output is the only
+    full-size tensor allocated). With autograd, two Functions
+    (:func:`chanattn.functional.scale_then_avg_max_pool_channels`,
+    :func:`~chanattn.functional.apply_spatial_gate`) save x, the channel gate, the (B, 2, H, W)
+    pooled map and the spatial gate, not y: about 1x the input where the plain formula
+    (``forward_reference``) keeps 2x.
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None,
@@ -111,5 +171,16 @@ class CBAM(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        x = x * self.channel.attention(x)
-        return x * self.spatial.attention(x)
+        grad = grad_needed(x, self)
+        cg = self.channel.attention(x)  # (B, C, 1, 1)
+        # y = x * cg and its two poolings over C, chunk by chunk while in cache.
+        pooled, y = scale_then_avg_max_pool_channels(x, cg, grad)
+        sg = self.spatial.excite_pooled(pooled)  # (B, 1, H, W)
+        # y * sg: in place without autograd; with it, saving x, cg and sg rather than y.
+        return apply_spatial_gate(x, cg, sg, y, grad)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain formula, for tests: channel attention, then spatial attention on its output."""
+        self._check_input(x)
+        x = x * self.channel.attention_reference(x)
+        return x * self.spatial.attention_reference(x)

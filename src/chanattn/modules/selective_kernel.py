@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..functional import grad_needed, linear_1x1
 from ..layers import (
     AttentionModule,
     LayerSpec,
@@ -46,6 +48,13 @@ class SelectiveKernel(AttentionModule):
         rd_ratio: 1/r (default 1/16); min_rd_channels: L (default 32);
         rd_channels: d, overriding both.
         act_layer: default ``"relu"``; norm_layer: default ``nn.BatchNorm2d``.
+
+    ``forward`` does not stack the branches: the pooled sum is the sum of the branches' means and
+    the weighted sum is accumulated branch by branch. In eval mode (float32/float64) each branch's
+    BatchNorm is folded into its convolution and the ReLU runs in place; without autograd the
+    weighted sum is accumulated in place in a branch's output (one ``lerp_`` for two branches).
+    Training saves x and, per branch, the convolution's and the ReLU's outputs (the stack of the
+    plain formula, ``forward_reference``, is a third copy of the branches).
     """
 
     batchnorm_on_pooled = True  # the fuse step's BN sees (B, d) vectors
@@ -84,7 +93,77 @@ class SelectiveKernel(AttentionModule):
         self.act = create_act(act_layer, owner=owner)
         self.fc_select = nn.Conv2d(self.rd_channels, out_channels * num_branches, 1, bias=False)
 
+    def _folded_branch(self, branch: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """A branch with its BatchNorm (in eval mode, on running statistics) folded into the
+        convolution, and a ReLU applied in place: one pass over the branch's output fewer. None
+        where the branch is not (Conv2d, eval-mode BatchNorm2d, activation)."""
+        if not (isinstance(branch, nn.Sequential) and len(branch) == 3):
+            return None
+        if x.dtype not in (torch.float32, torch.float64):
+            # In half types the folded bias and the convolution's output are rounded at the scale
+            # of running_mean * scale, which can be far above the output's: keep BN separate.
+            return None
+        conv, bn, act = branch
+        if not (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and not bn.training
+                and bn.running_mean is not None and bn.running_var is not None
+                and conv.padding_mode == "zeros"):
+            return None
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.weight is not None:
+            scale = scale * bn.weight
+            shift = shift * bn.weight + bn.bias
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        out = F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return F.relu_(out) if type(act) is nn.ReLU else act(out)
+
+    def select(self, z: torch.Tensor) -> torch.Tensor:
+        """The branch weights (B, M, C', 1, 1), softmax over M, from the pooled sum z (B, C')."""
+        b = z.shape[0]
+        z = self.act(self.bn(linear_1x1(self.fc_reduce, z).view(b, -1, 1, 1)))  # (B, d, 1, 1)
+        return linear_1x1(self.fc_select, z.flatten(1)).view(b, self.num_branches, -1, 1, 1).softmax(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        grad = grad_needed(x, self)
+        u = []
+        for branch in self.branches:
+            out = self._folded_branch(branch, x)
+            u.append(branch(x) if out is None else out)
+        if self.bn.training:
+            # The fuse step's BN normalises over the batch: at small batches it amplifies rounding
+            # differences, so pool the sum as the reference does (the sum is not kept).
+            z = sum(u[1:], u[0]).mean((2, 3))
+        else:
+            # GAP of the sum as the sum of the GAPs: no (B, C', H', W') sum tensor. The means are
+            # added in float32 at least: in half types two roundings would lose more than the
+            # reference's one.
+            acc = torch.promote_types(x.dtype, torch.float32)
+            z = u[0].mean((2, 3), dtype=acc)
+            for um in u[1:]:
+                z = z + um.mean((2, 3), dtype=acc)
+            z = z.to(x.dtype)
+        a = self.select(z)  # (B, M, C', 1, 1)
+        if not grad:
+            # The branch outputs are ours: accumulate in place, one pass for two branches.
+            if len(u) == 2:
+                return u[1].lerp_(u[0], a[:, 0])
+            out = u[0].mul_(a[:, 0])
+            for i in range(1, len(u)):
+                out.addcmul_(u[i], a[:, i])
+            return out
+        # Without stacking the branches: autograd saves each branch output once (shared with
+        # the activation's own saved output) and the weights.
+        out = u[0] * a[:, 0]
+        for i in range(1, len(u)):
+            out = out + u[i] * a[:, i]
+        return out
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain formula, for tests: the branches stacked, the fuse and select steps as 1x1
+        convolutions on (B, C', 1, 1), the weighted sum over the stack."""
         self._check_input(x)
         u = torch.stack([branch(x) for branch in self.branches], 1)  # (B, M, C', H', W')
         b, m, c = u.shape[:3]
