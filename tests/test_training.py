@@ -618,3 +618,31 @@ def test_corrupt_last_checkpoint_points_to_previous_and_resumes_from_it(tmp_path
     assert main(["train", "--resume", str(run / "previous.pt"), "--threads", "1", "--progress", "none"]) == 0
     assert (run / "last.pt.corrupt").exists() and load_checkpoint(run / "previous.pt")["epoch"] == 2
     assert digest(run) == digest(full)
+
+
+def test_debug_flag_internal_errors_and_interrupts(tmp_path, capsys, monkeypatch):
+    """Without --debug every error is one line; with it the traceback comes through. An unexpected
+    exception is still one line (exit 1) and Ctrl-C says how to continue (exit 130)."""
+    argv = ["train", "--arch", "resnet9", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    with pytest.raises(ValueError, match="resnet9"):
+        main(["--debug", *argv])
+    capsys.readouterr()
+
+    from chanattn.training import trainer
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated failure\ndeep inside")
+
+    monkeypatch.setattr(trainer, "train", boom)
+    assert main(["train", "--out", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: simulated failure deep inside" in err
+    assert "--debug" in err
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert main(["train", "--out", str(tmp_path / "z")]) == 130
+    assert "interrupted (a training run continues with --resume DIR)" in capsys.readouterr().err
