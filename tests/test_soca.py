@@ -94,3 +94,37 @@ def test_soca_rejects_bad_arguments():
         SoCA(16, crop_size=0)
     with pytest.raises(ValueError, match=r"SoCA.*eps"):
         SoCA(16, eps=0.0)
+
+
+def test_recomputed_iterations_give_the_same_gradients_and_save_less(monkeypatch):
+    """Training recomputes the Newton-Schulz iterations in the backward (activation
+    checkpointing): the same gradients as keeping them, a fraction of the saved memory."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    import chanattn.modules.soca as soca_module
+
+    torch.manual_seed(0)
+    m = chanattn.create("soca", 64).double()
+    x = torch.randn(2, 64, 6, 5, dtype=torch.double)
+
+    def run():
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        xi = x.clone().requires_grad_(True)
+        with saved_tensors_hooks(pack, lambda t: t):
+            y = m(xi)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(),
+                                    [xi, *m.parameters()])
+        return y.detach(), grads, sum(saved.values())
+
+    y1, g1, saved1 = run()
+    monkeypatch.setattr(soca_module, "eager_fast_path", lambda: False)
+    y2, g2, saved2 = run()
+    torch.testing.assert_close(y1, y2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+    assert saved1 < saved2 / 3
