@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The main job on the embedded data: the baseline and all 24 modules in ResNet-8 on digits,
-# 2 seeds each, table and plots in $(DEMO_OUT) (re-running skips finished runs).
+# 3 seeds each, table and plots in $(DEMO_OUT) (re-running skips finished runs).
 DEMO_OUT ?= runs/demo
-DEMO_ARGS ?= --dataset digits --arch resnet8 --modules all --seeds 2 --epochs 6 --jobs 2
+DEMO_ARGS ?= --dataset digits --arch resnet8 --modules all --seeds 3 --epochs 8 --jobs 2
 
 demo: $(STAMP)
 	$(BIN)/chanattn compare $(DEMO_ARGS) --out $(DEMO_OUT)
