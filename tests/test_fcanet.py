@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import chanattn
 from chanattn.modules.fcanet import FREQ_TABLES, FrequencyChannelAttention
@@ -171,3 +172,20 @@ def test_bad_arguments():
         FrequencyChannelAttention(16, freq_sel=[(7, 0)])
     with pytest.raises(ValueError, match=r"FrequencyChannelAttention.*dct_w"):
         FrequencyChannelAttention(16, dct_w=0)
+
+
+@pytest.mark.parametrize(("h", "w"), [(7, 7), (14, 14), (14, 7), (28, 28), (15, 9), (3, 5)])
+def test_pooling_shortcuts_equal_adaptive_pooling(h, w):
+    """The identity and block-repeated-basis shortcuts compute what adaptive pooling then the
+    DCT basis computes."""
+    torch.manual_seed(0)
+    m = chanattn.create("fca", 32).double().eval()
+    x = torch.randn(2, 32, h, w, dtype=torch.double, requires_grad=True)
+    pooled = F.adaptive_avg_pool2d(x, (m.dct_h, m.dct_w))
+    y = (pooled * m.dct_weight).sum((2, 3))
+    expected = m.gate(m.fc2(m.act(m.fc1(y)))).view(2, 32, 1, 1)
+    got = m.attention(x)
+    torch.testing.assert_close(got, expected)
+    g1 = torch.autograd.grad(got.sum(), x)[0]
+    g2 = torch.autograd.grad(expected.sum(), x)[0]
+    torch.testing.assert_close(g1, g2)

@@ -156,8 +156,20 @@ class FrequencyChannelAttention(AttentionModule):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel factor, (B, C, 1, 1)."""
         b, c = x.shape[:2]
-        pooled = F.adaptive_avg_pool2d(x, (self.dct_h, self.dct_w))  # (B, C, dct_h, dct_w)
-        y = (pooled * self.dct_weight).sum((2, 3))  # (B, C): one DCT coefficient per channel
+        h, w = x.shape[2], x.shape[3]
+        basis = self.dct_weight.to(x.dtype)  # (C, dct_h, dct_w)
+        kh, kw = h // self.dct_h, w // self.dct_w
+        if (h, w) == (self.dct_h, self.dct_w):
+            # adaptive pooling to the same size is the identity (and slow on CPU)
+            y = (x * basis).sum((2, 3))  # (B, C): one DCT coefficient per channel
+        elif h == kh * self.dct_h and w == kw * self.dct_w and kh * kw <= 4:
+            # block means times the basis = x times the basis repeated over each block / (kh kw):
+            # one pass over x instead of ATen's CPU pooling, ~8x faster at 14x14 -> 7x7
+            up = basis.repeat_interleave(kh, 1).repeat_interleave(kw, 2)  # (C, H, W)
+            y = (x * up).sum((2, 3)) / (kh * kw)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, (self.dct_h, self.dct_w))  # (B, C, dct_h, dct_w)
+            y = (pooled * basis).sum((2, 3))
         y = self.fc2(self.act(self.fc1(y)))
         return self.gate(y).view(b, c, 1, 1)
 
