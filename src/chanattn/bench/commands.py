@@ -115,6 +115,15 @@ def _header(cols: list[Column]) -> str:
     return " ".join(h.ljust(w) if spec == "" else h.rjust(w) for h, _, spec, w in cols) + "  note"
 
 
+def _print_head(out, title: list[str], cols: list[Column]) -> None:
+    """The preamble lines, a blank line, the column header and its rule."""
+    for line in title:
+        out(line)
+    out("")
+    out(_header(cols))
+    out("-" * len(_header(cols)))
+
+
 def _preamble(machine: dict[str, object], args: argparse.Namespace, what: str) -> list[str]:
     where = f"{machine['device']}"
     if machine.get("gpu"):
@@ -215,11 +224,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print) -> d
             cols = _module_columns(mode, args.vs == "timm")
             title = [*_preamble(machine, args, f"modules, mode {mode}"),
                      *_module_notes(mode, args.device == "cuda")]
-            for line in title:
-                out(line)
-            out("")
-            out(_header(cols))
-            out("-" * len(_header(cols)))
+            _print_head(out, title, cols)
             for name in names:
                 for shape in shapes:
                     rec = bench_module(name, shape, mode=mode, device=args.device, vs_timm=args.vs == "timm",
@@ -237,11 +242,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print) -> d
                  "convolutions, linear layers, matrix products)",
                  "infer: eval forward under no_grad; train: forward, cross-entropy, backward, SGD step "
                  "(momentum); ms per batch (median), img/s = batch / median"]
-        for line in title:
-            out(line)
-        out("")
-        out(_header(cols))
-        out("-" * len(_header(cols)))
+        _print_head(out, title, cols)
         for arch in archs:
             for attn in attns:
                 rec = bench_model(arch, attn, batch=args.batch, device=args.device, repeats=args.repeats,

@@ -203,7 +203,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import parse_modules, run_compare, seeds_from, text_table
+    from .compare import parse_modules, run_compare, seeds_from, text_table, title
 
     if getattr(args, "out", None) is None:
         raise CLIError("--out DIR is required (the directory for runs, table and plots)")
@@ -222,11 +222,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     print()
-    print(
-        (open(os.path.join(cfg.out, "table.md"), encoding="utf-8").read().splitlines() or [""])[0].lstrip(
-            "# "
-        )
-    )
+    print(title(results))
     print(text_table(results))
     files = ["table.csv", "table.md", "results.json"] + (
         [] if args.no_plots else ["top1_vs_params.png", "top1_vs_latency.png"]

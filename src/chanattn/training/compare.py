@@ -173,6 +173,7 @@ def run_compare(
 
     # models first: a module that cannot be built in this architecture is reported before training
     static: dict[str, dict] = {}
+    built: dict[str, torch.nn.Module] = {}  # kept for the latency measurement after training
     for name in names:
         cfg = dataclasses.replace(base, attn=None if name == BASELINE else name)
         try:
@@ -182,6 +183,7 @@ def run_compare(
                 "macs": count_macs(model, shape1),
                 "kind": "baseline" if name == BASELINE else module_info(name).kind,
             }
+            built[name] = model
         except Exception as exc:
             static[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
             log(f"compare: {name}: cannot build {base.arch} with it: {static[name]['error']}")
@@ -223,15 +225,6 @@ def run_compare(
             f"({summary['train_time_s']:.1f} s, {time.perf_counter() - t0:.0f} s elapsed)"
         )
 
-    built = {
-        name: build_model(
-            dataclasses.replace(base, attn=None if name == BASELINE else name),
-            spec.num_classes,
-            spec.in_chans,
-        )
-        for name in names
-        if "error" not in static[name]
-    }
     log(f"compare: timing {len(built)} models at batch 1 and at batch {base.batch_size}")
     lat1 = measure_latency(built, shape1, repeats=latency_repeats)
     lat_b = measure_latency(
@@ -337,11 +330,15 @@ def table_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def title(results: dict) -> str:
+    return f"{results['arch']} on {results['dataset']}: {results['epochs']} epochs, seeds {results['seeds']}"
+
+
 def table_markdown(results: dict) -> str:
     rows = results["rows"]
     base = next((r for r in rows if r["module"] == BASELINE), None)
     lines = [
-        f"# {results['arch']} on {results['dataset']}: {results['epochs']} epochs, seeds {results['seeds']}",
+        f"# {title(results)}",
         "",
         "top-1: final-epoch test accuracy, mean ± std over seeds; latency: median forward at batch 1 "
         f"(input {'x'.join(map(str, results['input_shape'][1:]))}, {results['latency']['threads']} threads); "

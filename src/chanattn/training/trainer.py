@@ -194,16 +194,6 @@ def _write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 # -------------------------------------------------------------------------------------- evaluate
 @torch.no_grad()
 def evaluate(
@@ -350,11 +340,21 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
         restore_rng(ckpt["rng"])
 
     per_rank = cfg.batch_size // info.world_size
+
     def loader(split, batch: int, train: bool) -> BatchLoader:
         # training: every rank the same number of full batches; evaluation: each image once
-        return BatchLoader(split, batch, shuffle=train, drop_last=train, seed=cfg.seed, rank=info.rank,
-                           world_size=info.world_size, device=device, num_workers=cfg.num_workers,
-                           pad_to_equal=train)
+        return BatchLoader(
+            split,
+            batch,
+            shuffle=train,
+            drop_last=train,
+            seed=cfg.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=device,
+            num_workers=cfg.num_workers,
+            pad_to_equal=train,
+        )
 
     train_loader = loader(data.train, per_rank, train=True)
     test_loader = loader(data.test, max(cfg.eval_batch_size // info.world_size, 1), train=False)
@@ -595,6 +595,8 @@ def evaluate_checkpoint(
                 break
         else:
             raise CheckpointError(f"{path!r} holds no best.pt or last.pt")
+    if split not in ("train", "test"):
+        raise CLIError(f"split must be train or test, got {split!r}")
     ckpt = load_checkpoint(path)
     cfg = TrainConfig(**ckpt["config"])
     ds = dataset or cfg.dataset
@@ -612,8 +614,6 @@ def evaluate_checkpoint(
             f"checkpoint {path!r} ({cfg.arch}, {cfg.attn or 'no attention'}, trained on "
             f"{cfg.dataset}) does not fit data set {ds!r}: {str(exc).splitlines()[0]}"
         ) from None
-    if split not in ("train", "test"):
-        raise CLIError(f"split must be train or test, got {split!r}")
     dev = resolve_device(device)
     model.to(dev)
     loader = BatchLoader(
