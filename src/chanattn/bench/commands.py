@@ -134,6 +134,7 @@ def _preamble(machine: dict[str, object], args: argparse.Namespace, what: str) -
         + (f", timm {machine['timm']}" if args.vs == "timm" else ""),
         f"times: median over {args.repeats} interleaved repeats of >= {args.min_time * 1e3:g} ms each "
         f"after {args.warmup} warm-up calls; q1-q3 = quartiles of the repeats",
+        f"{machine['native_kernels']} (CPU, float32 NCHW, inference)",
     ]
     return lines
 

@@ -11,11 +11,13 @@ from ..functional import (
     avg_max_pool_channels,
     avg_max_pool_space,
     conv2d_few_channels,
+    eager_fast_path,
     grad_needed,
     linear_1x1,
     scale_then_avg_max_pool_channels,
 )
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
+from ..native import cbam_forward
 from ..registry import register
 from .se import SqueezeExcite
 
@@ -59,8 +61,22 @@ class CBAMChannelAttention(SqueezeExcite):
         """The channel factor, (B, C, 1, 1); both poolings in one pass over ``x`` where it can."""
         return self.excite_pooled(*avg_max_pool_space(x))
 
+    def native_args(self) -> dict | None:
+        """The MLP as the native kernel takes it (:func:`chanattn.native.cbam_forward`), or None
+        where the kernel does not compute this configuration (an activation other than ReLU, a
+        gate other than the sigmoid)."""
+        if type(self.act) is not nn.ReLU or type(self.gate) is not nn.Sigmoid:
+            return None
+        return {"fc1_weight": self.fc1.weight, "fc1_bias": self.fc1.bias,
+                "fc2_weight": self.fc2.weight, "fc2_bias": self.fc2.bias}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if not grad_needed(x, self) and eager_fast_path():
+            args = self.native_args()
+            out = None if args is None else cbam_forward(x, conv_weight=None, **args)
+            if out is not None:
+                return out
         return x * self.attention(x)
 
     def attention_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +136,21 @@ class CBAMSpatialAttention(AttentionModule):
         """The spatial factor, (B, 1, H, W); both poolings over C in one pass over ``x``."""
         return self.excite_pooled(avg_max_pool_channels(x))
 
+    def native_args(self) -> dict | None:
+        """The convolution and the BatchNorm as the native kernel takes them, or None where it
+        does not compute this configuration (a gate other than the sigmoid, a convolution with a
+        bias; the kernel itself declines BN in training mode)."""
+        if type(self.gate) is not nn.Sigmoid or self.conv.bias is not None:
+            return None
+        return {"conv_weight": self.conv.weight, "bn": self.bn if self.norm else None}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if not grad_needed(x, self) and eager_fast_path():
+            args = self.native_args()
+            out = None if args is None else cbam_forward(x, None, None, None, None, **args)
+            if out is not None:
+                return out
         return x * self.attention(x)
 
     def attention_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +201,12 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         grad = grad_needed(x, self)
+        if not grad and eager_fast_path():
+            # The native kernel (chanattn.native), where it is built and takes this configuration.
+            ch, sp = self.channel.native_args(), self.spatial.native_args()
+            out = None if ch is None or sp is None else cbam_forward(x, **ch, **sp)
+            if out is not None:
+                return out
         cg = self.channel.attention(x)  # (B, C, 1, 1)
         # y = x * cg and its two poolings over C, chunk by chunk while in cache.
         pooled, y = scale_then_avg_max_pool_channels(x, cg, grad)
