@@ -207,3 +207,32 @@ def test_concurrent_first_builds_share_the_cache(tmp_path):
         assert "native CBAM kernel: in use" in out
     libs = sorted(p.name for p in tmp_path.iterdir())
     assert len(libs) == 1 and libs[0].endswith(".so"), libs
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{k}" for n, k in CONFIGS])
+def test_pytorch_inference_path_without_the_kernel(monkeypatch, name, kwargs, chunked):
+    """Where the kernel is not in use, inference runs the PyTorch fast path (chanattn.functional),
+    whole-tensor or chunk by chunk: equal to the reference as well."""
+    import chanattn.functional as CF
+    import chanattn.modules.cbam as cbam_module
+
+    monkeypatch.setattr(cbam_module, "cbam_forward", lambda *a, **k: None)
+    threads = torch.get_num_threads()
+    if chunked:
+        monkeypatch.setattr(CF, "WHOLE_BYTES", 0)
+        monkeypatch.setattr(CF, "CHUNK_BYTES", 1)
+        torch.set_num_threads(1)
+    try:
+        for shape in SHAPES:
+            kw = kwargs
+            if name != "cbam_spatial" and shape[1] < 16 and "rd_channels" not in kw:
+                kw = {**kw, "rd_channels": 2}
+            m = randomised(name, shape[1], **kw)
+            x = torch.randn(shape) * 3
+            with torch.no_grad():
+                ref = m.forward_reference(x)
+                torch.testing.assert_close(m(x), ref, rtol=1e-5,
+                                           atol=1e-5 * max(1.0, ref.abs().max().item()))
+    finally:
+        torch.set_num_threads(threads)

@@ -11,6 +11,9 @@ training rounds as the reference does; the inference-only changes are noted wher
 The chunked loops run in eager mode only: while tracing (``torch.jit.trace``), scripting or
 compiling (``torch.compile``, ``torch.export``) the same functions use whole-tensor operations, so a
 trace does not bake in the batch size and the compiler sees plain ops it can fuse itself.
+
+CBAM's inference on float32 NCHW CPU tensors goes to a C kernel instead (:mod:`chanattn.native`),
+where it is built; the functions here are its fallback and its training path.
 """
 
 from __future__ import annotations

@@ -42,10 +42,11 @@ class CBAMChannelAttention(SqueezeExcite):
         bias: the MLP has biases (default True: the official code's ``nn.Linear``; timm's
             ``CbamModule`` defaults to ``mlp_bias=False``).
 
-    ``forward``: without autograd, the two poolings chunk by chunk (the second reads from cache),
-    the max over short rows by overlapping windows, the MLP as matrix products
-    (:mod:`chanattn.functional`). ``forward_reference`` is the plain formula. Training saves x,
-    the (B, C) maxima and the gate.
+    ``forward``: without autograd, on float32 NCHW CPU tensors with the default ReLU and sigmoid,
+    the native kernel (:mod:`chanattn.native`: both poolings in one read, then the rescale, sample
+    by sample); otherwise the two poolings chunk by chunk (the second reads from cache), the max
+    over short rows by overlapping windows, the MLP as matrix products (:mod:`chanattn.functional`).
+    ``forward_reference`` is the plain formula. Training saves x, the (B, C) maxima and the gate.
     """
 
     def excite_pooled(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
@@ -106,9 +107,12 @@ class CBAMSpatialAttention(AttentionModule):
         norm: BatchNorm after the convolution (default True).
         gate_layer: default ``"sigmoid"``.
 
-    ``forward``: the mean and the max over C in one pass (chunks of the batch, each pooled twice
-    while in cache; the whole batch where it fits in cache); on CPU the 2 -> 1 convolution as a
-    depthwise one with the batch folded into the channels, without autograd. Training saves x, the
+    ``forward``: without autograd, on float32 NCHW CPU tensors with BN in eval mode and the
+    sigmoid gate, the native kernel (:mod:`chanattn.native`: the mean and the max over C in one
+    read, the convolution and the rescale, sample by sample while it is in cache). Otherwise the
+    two poolings chunk by chunk (each chunk pooled twice while in cache; the whole batch where it
+    fits in cache), and on CPU the 2 -> 1 convolution as a depthwise one with the batch folded into
+    the channels, without autograd. Training saves x, the
     (B, 2, H, W) pooled map (an autograd Function recomputes the max's positions from it) and the
     gate. ``forward_reference`` is the plain formula.
     """
@@ -180,9 +184,13 @@ class CBAM(AttentionModule):
         kernel_size, norm: of the spatial attention (:class:`CBAMSpatialAttention`).
         gate_layer: the gate of both (default ``"sigmoid"``).
 
-    ``forward``: y = x * channel_gate is written once, pooled over C chunk by chunk while in
-    cache, and, without autograd, multiplied by the spatial gate in place (the output is the only
-    full-size tensor allocated). With autograd, two Functions
+    ``forward`` without autograd: on float32 NCHW CPU tensors (ReLU and sigmoid, BN in eval mode),
+    the native kernel of :mod:`chanattn.native`: per sample, pool over H and W, the MLP, pool
+    x * channel_gate over C, the 7x7 convolution, and write the output, all while the sample is
+    in cache (about one read and one write of the tensor from memory; the output is the only
+    full-size tensor). Elsewhere (other dtypes, channels_last, GPUs, no C compiler),
+    y = x * channel_gate is written once, pooled over C chunk by chunk while in cache, and
+    multiplied by the spatial gate in place. With autograd, two Functions
     (:func:`chanattn.functional.scale_then_avg_max_pool_channels`,
     :func:`~chanattn.functional.apply_spatial_gate`) save x, the channel gate, the (B, 2, H, W)
     pooled map and the spatial gate, not y: about 1x the input where the plain formula
