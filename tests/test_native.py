@@ -236,3 +236,11 @@ def test_pytorch_inference_path_without_the_kernel(monkeypatch, name, kwargs, ch
                                            atol=1e-5 * max(1.0, ref.abs().max().item()))
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_cc
+def test_unwritable_cache_builds_in_a_temporary_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = _run(CHECK, {"CHANATTN_CACHE": str(blocker / "cache")})
+    assert "native CBAM kernel: in use" in out and "chanattn-native-" in out

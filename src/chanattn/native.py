@@ -5,14 +5,19 @@ gate; write the output), and ATen runs each as a pass over the whole tensor from
 kernel in ``chanattn/_native/cbam.c`` does the three passes sample by sample while the sample is
 in the core's cache, so the tensor crosses the memory bus about once each way.
 
-The kernel is compiled on first use with the machine's C compiler (``$CC``, else ``cc``),
-``-O3 -march=native``, into a cache directory (``$CHANATTN_CACHE``, else
-``$XDG_CACHE_HOME/chanattn``, else ``~/.cache/chanattn``), under a name that hashes the source,
-the flags and the compiler's version; it is written to a temporary file and renamed, so processes
-that build it at once do not see a half-written library. Where it cannot be built or loaded (no
-compiler, a read-only cache, another platform) or ``CHANATTN_NATIVE=0`` is set, the modules use
-their PyTorch fast path instead: results agree to rounding either way. :func:`status` says which
-is in use and why.
+The kernel is compiled on first use with the machine's C compiler (``$CC``, else ``cc``;
+``-O3 -march=native -fopenmp``, dropping the flags the compiler refuses) into a cache directory
+(``$CHANATTN_CACHE``, else ``$XDG_CACHE_HOME/chanattn``, else ``~/.cache/chanattn``; a private
+temporary directory where that cannot be written), under a name that hashes the source, the
+flags, the compiler's version and the CPU model. It is written to a temporary file and renamed,
+so processes that build it at once never load a half-written library. With ``-fopenmp`` the
+kernel runs on the process's OpenMP threads: in a process that imported torch, torch's own
+(the same libgomp soname resolves to the copy torch loaded), already awake after the operation
+before; threads of its own would contend with them on every call.
+
+Where it cannot be built or loaded (no compiler, a failing build, another platform) or
+``CHANATTN_NATIVE=0`` is set, the modules run their PyTorch fast path instead: results agree to
+rounding either way. :func:`status` says which is in use and why.
 """
 
 from __future__ import annotations
@@ -65,6 +70,19 @@ def _cache_dir() -> Path:
     return Path(base) / "chanattn"
 
 
+def _writable_cache() -> Path:
+    """The cache directory, or, where it cannot be created or written (a read-only home), a new
+    private temporary directory for this process."""
+    d = _cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if os.access(d, os.W_OK | os.X_OK):
+            return d
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="chanattn-native-"))
+
+
 def _compiler() -> str | None:
     cc = os.environ.get("CC", "cc")
     return shutil.which(cc) or (cc if os.path.isfile(cc) and os.access(cc, os.X_OK) else None)
@@ -112,12 +130,11 @@ def _build() -> tuple[ctypes.CDLL | None, NativeStatus]:
     except OSError as exc:
         return None, NativeStatus(False, reason=f"source missing: {exc}")
     version = _compiler_version(cc)
+    cache = _writable_cache()
     errors = []
     # -march=native where the compiler takes it (the library is built for this machine only; the
-    # name hashes the machine type and the compiler so a shared cache keeps builds apart).
-    # -fopenmp: the kernel then runs on the process's OpenMP threads, torch's own where torch
-    # uses OpenMP (the same libgomp soname resolves to the copy torch loaded); without it, on
-    # threads it starts per call, which contend with torch's spinning ones.
+    # name hashes the CPU model and the compiler so a shared cache keeps builds apart), -fopenmp
+    # where it takes that (see the module's docstring).
     for flags in (["-march=native", "-fopenmp", *_FLAGS], ["-fopenmp", *_FLAGS],
                   ["-march=native", *_FLAGS], _FLAGS):
         key = hashlib.sha256(
@@ -125,7 +142,7 @@ def _build() -> tuple[ctypes.CDLL | None, NativeStatus]:
                         platform.machine().encode(), platform.processor().encode(),
                         _cpu_model().encode()])
         ).hexdigest()[:16]
-        path = _cache_dir() / f"cbam-{key}.so"
+        path = cache / f"cbam-{key}.so"
         if not path.exists():
             with resources.as_file(src_ref) as src:
                 try:
