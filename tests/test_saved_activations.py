@@ -1,0 +1,298 @@
+"""What sk, bam and encnet save for backward in training, and that saving less changes nothing:
+the outputs and gradients (input and every parameter) of ``forward`` against ``forward_reference``
+(float32 and float64, odd sizes, batch 1 where the module takes it, train and eval, contiguous and
+channels-last), BatchNorm's running statistics after a training step, the saved bytes, and the
+conv-BN-ReLU Function of chanattn.recompute on its own."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import chanattn
+from chanattn.recompute import conv_bn_relu, recompute_applies
+from conftest import randomise_norms
+
+# case: (registry name, kwargs, channels, shapes (B, H, W)); batch-1 shapes run in eval only where
+# the module normalises pooled vectors (sk's fuse step, bam's channel branch).
+CASES = {
+    "sk": ("sk", {}, 48, [(2, 7, 9), (3, 13, 11), (2, 1, 1), (1, 7, 7)]),
+    "sk-3branch-stride2": ("sk", {"num_branches": 3, "stride": 2, "out_channels": 32}, 48,
+                           [(2, 9, 7), (1, 5, 5)]),
+    "bam": ("bam", {}, 32, [(2, 7, 9), (3, 5, 5), (2, 1, 1), (1, 6, 6)]),
+    "bam-sum": ("bam", {"fusion": "sum"}, 32, [(2, 9, 7)]),
+    "encnet": ("encnet", {"num_codes": 8}, 16, [(2, 7, 9), (3, 5, 4), (1, 5, 7), (2, 1, 1)]),
+    "encnet-no-final-relu": ("encnet", {"num_codes": 8, "final_relu": False}, 16, [(2, 9, 7)]),
+}
+BATCH1_TRAINS = {"encnet", "encnet-no-final-relu"}  # its BNs see B*H*W and B*C values
+# buffer name -> whether forward's training step must leave it equal to the reference's, bit for
+# bit: all but sk's fuse-step BN, which sees the branches' pooled sum, added by forward in another
+# order than the reference's stack (since before the Functions; equal to rounding)
+EXACT_BN = {
+    "sk": lambda name: name.startswith("branches."),
+    "bam": lambda name: True,
+    "encnet": lambda name: True,
+}
+
+# The most each saves, in input sizes, at C = 64 (and encnet's K = 32): sk x and each branch's
+# convolution output; bam x and the sigmoid's output (and the spatial branch's (B, C/16, H, W)
+# maps, 0.39); encnet x, the ReLU's output and the (B, N, K) distances and assignments (K/C each).
+SAVED_AT_MOST = {"sk": 3.05, "bam": 2.45, "encnet": 3.15}
+# What the plain formula saves (the measurement is sound, and the bound above means something).
+REFERENCE_AT_LEAST = {"sk": 6.9, "bam": 3.3, "encnet": 5.5}
+
+
+def saved_multiple(m: nn.Module, x: torch.Tensor, forward=None) -> float:
+    """Bytes autograd saves in one forward on ``x`` (requiring grad), one count per storage,
+    parameters and buffers left out, as a multiple of x's bytes (as benchmarks/activations.py)."""
+    skip = {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers()]}
+    found: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            found[s.data_ptr()] = max(found.get(s.data_ptr(), 0), s.nbytes())
+        return t
+
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        (forward or m)(x)
+    return sum(found.values()) / (x.numel() * x.element_size())
+
+
+def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None = None):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    if gout is None:
+        gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    grads = torch.autograd.grad(y, [x, *m.parameters()], gout.to(y.dtype))
+    return [y.detach(), *grads], gout
+
+
+def _norm_err(a: torch.Tensor, truth: torch.Tensor) -> float:
+    return torch.linalg.vector_norm(a.double() - truth).item()
+
+
+def _compare(case: str, m: nn.Module, x: torch.Tensor, train: bool) -> None:
+    """forward against forward_reference, each from the same state (BN statistics included); in
+    float32 both against the float64 result as well."""
+    m.train(train)
+    labels = ["output", "input grad"] + [f"grad of {n}" for n, _ in m.named_parameters()]
+    ma, mb, truth_m = copy.deepcopy(m), copy.deepcopy(m), copy.deepcopy(m).double()
+    fast, gout = _run(ma, ma.forward, x)
+    ref, _ = _run(mb, mb.forward_reference, x, gout)
+    where = f"{case}, {tuple(x.shape)}, {x.dtype}, train={train}, channels_last={not x.is_contiguous()}"
+    assert len(fast) == len(ref) == len(labels)
+    if x.dtype == torch.float64:
+        for label, a, b in zip(labels, fast, ref, strict=True):
+            scale = max(b.abs().max().item() if b.numel() else 0.0, 1e-3)
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * scale, msg=f"{where}: {label}")
+    else:
+        # Gradients are sums with cancellation: compare both with the float64 result in the 2-norm
+        # (as tests/test_fast_paths.py): the fast path within 4x the reference's error, or 1e-4.
+        truth, _ = _run(truth_m, truth_m.forward_reference, x.double(), gout)
+        for label, a, b, t in zip(labels, fast, ref, truth, strict=True):
+            scale = max(torch.linalg.vector_norm(t).item(), 1e-6)
+            e_fast, e_ref = _norm_err(a, t), _norm_err(b, t)
+            assert e_fast <= max(4 * e_ref, 1e-4 * scale), (
+                f"{where}: {label}: off the float64 result by {e_fast:.3g}, the reference by {e_ref:.3g}")
+        scale = max(ref[0].abs().max().item(), 1e-3)
+        torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5 * scale, msg=f"{where}: output")
+    # one step each: the running statistics moved the same way (see EXACT_BN)
+    exact = EXACT_BN[CASES[case][0]]
+    for (name, a), (_, b) in zip(ma.named_buffers(), mb.named_buffers(), strict=True):
+        if exact(name):
+            assert torch.equal(a, b), f"{where}: BN buffer {name} differs after the step"
+        else:
+            torch.testing.assert_close(a, b, msg=f"{where}: {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_and_gradients_match_reference(case, dtype):
+    name, kwargs, c, shapes = CASES[case]
+    g = torch.Generator().manual_seed(1)
+    for b, h, w in shapes:
+        torch.manual_seed(b * 100 + h)
+        m = chanattn.create(name, c, **kwargs)
+        randomise_norms(m)  # non-trivial running statistics and affine parameters
+        m = m.to(dtype)
+        x = torch.randn(b, c, h, w, generator=g).to(dtype)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xl = x.contiguous(memory_format=layout)
+            for train in (False, True):
+                if train and b == 1 and case not in BATCH1_TRAINS:
+                    continue
+                _compare(case, m, xl, train)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bit_for_bit_the_plain_layers(case, dtype, monkeypatch):
+    """On CPU the Functions change nothing: outputs, gradients and BN buffers are those of the same
+    forward run through the plain layers (``recompute_applies`` off), bit for bit."""
+    name, kwargs, c, shapes = CASES[case]
+    module_file = type(chanattn.create(name, c, **kwargs)).__module__
+    b, h, w = shapes[0]
+    torch.manual_seed(5)
+    m = chanattn.create(name, c, **kwargs)
+    randomise_norms(m)
+    m = m.to(dtype)
+    x = torch.randn(b, c, h, w).to(dtype)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        for train in (True, False):
+            fast_m, plain_m = copy.deepcopy(m).train(train), copy.deepcopy(m).train(train)
+            fast, gout = _run(fast_m, fast_m, xl)
+            with monkeypatch.context() as mp:
+                mp.setattr(f"{module_file}.recompute_applies", lambda *args: False)
+                plain, _ = _run(plain_m, plain_m, xl, gout)
+            labels = ["output", "input grad"] + [f"grad of {n}" for n, _ in m.named_parameters()]
+            for label, p, q in zip(labels, fast, plain, strict=True):
+                assert torch.equal(p, q), f"{case}, {dtype}, {layout}, train={train}: {label}"
+            for (n, p), (_, q) in zip(fast_m.named_buffers(), plain_m.named_buffers(), strict=True):
+                assert torch.equal(p, q), f"{case}, {dtype}, {layout}, train={train}: {n}"
+
+
+@pytest.mark.parametrize("name", sorted(SAVED_AT_MOST))
+def test_training_saves_at_most_the_stated_bound(name):
+    m = chanattn.create(name, 64).train()
+    for shape in [(2, 64, 28, 28), (3, 64, 27, 29)]:
+        x = torch.randn(shape)
+        saved = saved_multiple(m, x)
+        assert saved <= SAVED_AT_MOST[name], f"{name} at {shape} saves {saved:.3f} input sizes"
+        reference = saved_multiple(m, x, m.forward_reference)
+        assert reference >= REFERENCE_AT_LEAST[name], f"{name}: the plain formula saves {reference:.3f}"
+
+
+@pytest.mark.parametrize("name", ["sk", "bam", "encnet"])
+def test_plain_ops_without_autograd(name):
+    """No grad, or nothing requiring grad: the plain path (the reference for bam and encnet; sk
+    keeps its own in-place inference path)."""
+    m = chanattn.create(name, 32).train()
+    x = torch.randn(3, 32, 6, 5)
+    assert recompute_applies(x, m)  # the parameters require grad
+    with torch.no_grad():
+        assert not recompute_applies(x, m)
+        if name != "sk":
+            a, b = copy.deepcopy(m), copy.deepcopy(m)
+            assert torch.equal(a(x), b.forward_reference(x))
+    m.requires_grad_(False)
+    assert not recompute_applies(x, m)  # nothing requires grad: nothing records
+
+
+@pytest.mark.parametrize("name", ["sk", "bam", "encnet"])
+def test_backward_twice_with_retained_graph(name):
+    """The recomputation runs again on a second backward through the same graph."""
+    m = chanattn.create(name, 32).train()
+    x = torch.randn(2, 32, 7, 6, requires_grad=True)
+    y = m(x)
+    g = torch.randn_like(y)
+    first = torch.autograd.grad(y, [x, *m.parameters()], g, retain_graph=True)
+    second = torch.autograd.grad(y, [x, *m.parameters()], g)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    # and the gradient w.r.t. x alone (the Functions skip what is not needed)
+    y = m(x)
+    (gx,) = torch.autograd.grad(y, [x], g)
+    torch.testing.assert_close(gx, first[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sk", "bam", "encnet"])
+def test_autocast_runs_the_plain_layers(name):
+    """Under autocast the backward's recomputation would not see the casts: the plain layers."""
+    m = chanattn.create(name, 32).train()
+    x = torch.randn(2, 32, 7, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not recompute_applies(x, m)
+        y = m(x)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_encoding_layer_alone_keeps_no_copy_of_its_input():
+    from chanattn.modules.encnet import Encoding
+
+    enc = Encoding(64, num_codes=32)
+    x = torch.randn(2, 64, 14, 15)  # contiguous: x @ d.t() on its (B, N, D) view would copy it
+    fast, gout = _run(enc, enc, x)
+    ref, _ = _run(enc, enc.forward_reference, x, gout)
+    for a, b in zip(fast, ref, strict=True):
+        assert torch.equal(a, b)
+    # x (a view), the (B, N, K) distances and assignments (K/C = 0.5 each), small (B, K) tensors
+    assert saved_multiple(enc, x) < 2.1
+    assert saved_multiple(enc, x, enc.forward_reference) > 2.9
+
+
+@pytest.mark.parametrize("name", ["bam", "encnet"])
+def test_compiled_training_step_uses_the_plain_ops(name):
+    torch._dynamo.reset()
+    m = chanattn.create(name, 16).train()
+    x = torch.randn(4, 16, 7, 5)
+    r = copy.deepcopy(m)
+    ref, gout = _run(r, r.forward_reference, x)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out, _ = _run(m, compiled, x, gout)
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- chanattn.recompute.conv_bn_relu on its own --------------------------------------------------
+
+BLOCKS = {
+    "3x3": dict(conv=dict(kernel_size=3, padding=1, bias=False), bn={}),
+    "grouped-dilated-stride2": dict(conv=dict(kernel_size=3, padding=2, dilation=2, stride=2, groups=4,
+                                              bias=True), bn={}),
+    "1x1-cumulative-average": dict(conv=dict(kernel_size=1, bias=False), bn=dict(momentum=None)),
+    "no-affine": dict(conv=dict(kernel_size=3, padding=1, bias=False), bn=dict(affine=False)),
+    "no-running-stats": dict(conv=dict(kernel_size=3, padding=1, bias=True),
+                             bn=dict(track_running_stats=False)),
+}
+
+
+@pytest.mark.parametrize("save", ["conv_output", "output"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_conv_bn_relu_matches_the_modules(block, dtype, save):
+    spec = BLOCKS[block]
+    torch.manual_seed(3)
+    seq = nn.Sequential(nn.Conv2d(8, 12, **spec["conv"]), nn.BatchNorm2d(12, **spec["bn"]), nn.ReLU())
+    bn = seq[1]
+    with torch.no_grad():  # non-trivial statistics and affine parameters, where it has them
+        if bn.track_running_stats:
+            bn.running_mean.normal_(0, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+        if bn.affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0, 0.1)
+    seq = seq.to(dtype)
+    x0 = torch.randn(3, 8, 9, 7, dtype=dtype)
+    for x in (x0, x0.contiguous(memory_format=torch.channels_last)):
+        for train in (True, False):
+            a, b = copy.deepcopy(seq).train(train), copy.deepcopy(seq).train(train)
+            for _ in range(2):  # two steps: the cumulative average's count, the running statistics
+                fast, gout = _run(a, lambda t, a=a: conv_bn_relu(t, a[0], a[1], save=save), x)
+                ref, _ = _run(b, b, x, gout)
+                for u, v in zip(fast, ref, strict=True):  # on CPU: the same kernels, bit for bit
+                    assert torch.equal(u, v), f"{block}, {dtype}, train={train}, save={save}"
+                for (n, u), (_, v) in zip(a.named_buffers(), b.named_buffers(), strict=True):
+                    assert torch.equal(u, v), f"{block}: {n} after a step"
+            # saved: x, and the convolution's or the block's output (12 channels of 8, stride 1 or 2)
+            with torch.no_grad():
+                out_elems = a[0](x).numel()
+            bound = 1.0 + out_elems / x.numel() + 0.05
+            saved = saved_multiple(a, x, lambda t, a=a: conv_bn_relu(t, a[0], a[1], save=save))
+            assert saved <= bound, f"{block}: saves {saved:.3f} input sizes (bound {bound:.3f})"
+
+
+def test_conv_bn_relu_single_value_per_channel_is_the_batchnorm_error():
+    seq = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()).train()
+    x = torch.randn(1, 4, 1, 1, requires_grad=True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        seq(x)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        conv_bn_relu(x, seq[0], seq[1], save="conv_output")
