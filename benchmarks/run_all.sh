@@ -11,7 +11,8 @@
 # Variables: PYTHON (default .venv/bin/python, else python3), DEVICE (cpu), THREADS (empty: torch's
 # default), REPEATS (15), MODULES (all), SHAPES (the issue's three), MODES ("infer train"),
 # MODELS (resnet20,resnet50), ATTN (none,se,eca,cbam), MODEL_BATCH (8), MODEL_REPEATS (3),
-# SKIP_MODELS (set to 1 to skip the model bench), OUT (benchmarks/results).
+# SKIP_MODELS (set to 1 to skip the model bench), SKIP_NATIVE (1: skip benchmarks/cbam_native.py),
+# OUT (benchmarks/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +43,11 @@ if [[ "${SKIP_MODELS:-0}" != 1 ]]; then
     name="$OUT/models_${DEVICE}"
     "$PYTHON" -m chanattn bench --models "$MODELS" --attn "$ATTN" --batch "$MODEL_BATCH" \
         --repeats "$MODEL_REPEATS" "${common[@]}" --out "$name.json" | tee "$name.txt"
+fi
+
+# CBAM's native kernel against the PyTorch path it replaces and timm (CPU only).
+if [[ "$DEVICE" == cpu && "${SKIP_NATIVE:-0}" != 1 ]]; then
+    native_args=(--repeats "$REPEATS")
+    if [[ -n "${THREADS:-}" ]]; then native_args+=(--threads "$THREADS"); fi
+    "$PYTHON" benchmarks/cbam_native.py --shapes "$SHAPES" "${native_args[@]}" | tee "$OUT/cbam_native_cpu.txt"
 fi
