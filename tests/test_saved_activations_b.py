@@ -1,5 +1,5 @@
 """The training forwards of gsop, bilinear and c3 that save less for backward (autograd Functions
-in the modules and chanattn.recompute_b) against each module's ``forward_reference``: outputs and
+in the modules and chanattn.recompute) against each module's ``forward_reference``: outputs and
 gradients (input and every parameter) across shapes, dtypes, memory layouts, train and eval;
 BatchNorm running statistics after a training step; what a training forward saves; and the plain
 ops wherever autograd does not record."""

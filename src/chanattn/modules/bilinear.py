@@ -9,9 +9,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..functional import eager_fast_path, grad_needed
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
-from ..recompute_b import BNConfig, autocast_on, bn_apply, bn_args, bn_backward, bn_forward, bn_saved
+from ..recompute import BNConfig, bn_apply, bn_args, bn_backward, bn_forward, bn_saved, recompute_applies
 from ..registry import register
 
 __all__ = ["BilinearAttention"]
@@ -47,7 +46,7 @@ class _OuterGate(torch.autograd.Function):
     inner (B, C, 1, 1) and BN's per-channel statistics: autograd would also keep the ReLU's output
     and the gate, two more (B, C, H, W) tensors. The backward recomputes them elementwise and runs
     BN's own backward (``native_batch_norm_backward``); BN's running statistics are updated once,
-    in the forward (:mod:`chanattn.recompute_b`)."""
+    in the forward (:mod:`chanattn.recompute`)."""
 
     @staticmethod
     def forward(x, o, inner, bn_w, bn_b, running_mean, running_var, cfg: BNConfig):
@@ -178,7 +177,7 @@ class BilinearAttention(AttentionModule):
         attention, the gate and the product with x save x, the outer convolution's output and
         inner only (see :class:`_OuterGate`)."""
         self._check_input(x)
-        if not (grad_needed(x, self) and eager_fast_path()) or autocast_on(x):
+        if not recompute_applies(x, self):
             return x * self.attention(x)
         z = self.embed(x)  # (B, C', H, W)
         xt = _PairProducts.apply(z, self.rows, self.cols)  # (B, D, H, W)
@@ -186,7 +185,8 @@ class BilinearAttention(AttentionModule):
         conv, bn, act = self.outer
         if not (type(bn) is nn.BatchNorm2d and type(act) is nn.ReLU and type(self.gate) is nn.Sigmoid):
             return x * self.gate(inner * self.outer(xt))
-        return _OuterGate.apply(x, conv(xt), inner, bn.weight, bn.bias, *bn_args(bn))[0]
+        o = conv(xt)  # (B, C, H, W)
+        return _OuterGate.apply(x, o, inner, bn.weight, bn.bias, *bn_args(bn, o.shape))[0]
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The plain formula, for tests."""

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..functional import eager_fast_path, grad_needed
 from ..layers import (
     AttentionModule,
     LayerSpec,
@@ -18,7 +17,7 @@ from ..layers import (
     largest_divisor_at_most,
     reduced_channels,
 )
-from ..recompute_b import autocast_on
+from ..recompute import recompute_applies
 from ..registry import register
 
 __all__ = ["CrossChannelCommunication"]
@@ -203,7 +202,7 @@ class CrossChannelCommunication(AttentionModule):
         the backward (:class:`_Communicate`), and the area resampling saves no input
         (:class:`_AreaResize`)."""
         self._check_input(x)
-        if not (grad_needed(x, self) and eager_fast_path()) or autocast_on(x):
+        if not recompute_applies(x, self):
             return self.forward_reference(x)
         b, c, h, w = x.shape
         sh, sw = self.spatial_size

@@ -7,13 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..functional import eager_fast_path, grad_needed
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
-from ..recompute_b import BNConfig, autocast_on, bn_apply, bn_args, bn_backward, bn_forward, bn_saved
+from ..recompute import (
+    BNConfig,
+    ConvConfig,
+    bn_apply,
+    bn_args,
+    bn_backward,
+    bn_forward,
+    bn_saved,
+    recompute_applies,
+)
 from ..registry import register
 from .covariance import _no_autocast, _working, covariance_pool, sqrtm_newton_schulz, triu_vectorize
 
@@ -25,10 +32,7 @@ _PAPER = "Global Second-order Pooling Convolutional Networks (CVPR 2019, arXiv:1
 @dataclass(frozen=True)
 class _Config:
     pre_act: bool
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
+    conv: ConvConfig
     bn: BNConfig
 
 
@@ -42,12 +46,12 @@ class _ReducedCovariance(torch.autograd.Function):
     convolution only where its output is larger than x, then elementwise passes) and runs the
     ops' own backward kernels (``threshold_backward``, ``native_batch_norm_backward``,
     ``convolution_backward``). BN's running statistics are updated once, in the forward
-    (:mod:`chanattn.recompute_b`)."""
+    (:mod:`chanattn.recompute`)."""
 
     @staticmethod
     def forward(x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, cfg: _Config):
         r = torch.relu(x) if cfg.pre_act else x
-        z = F.conv2d(r, conv_w, conv_b, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)
+        z = cfg.conv.forward(r, conv_w, conv_b)
         y, s1, s2 = bn_forward(z, bn_w, bn_b, running_mean, running_var, cfg.bn)
         cov = covariance_pool(y.relu_())
         # The convolution's output is kept where it is no larger than x (c' H' W' <= C H W: it then
@@ -71,10 +75,9 @@ class _ReducedCovariance(torch.autograd.Function):
             return (None,) * 8
         x, conv_w, conv_b, bn_w, bn_b, stat1, stat2, z = ctx.saved_tensors
         stats, cfg, need = (stat1, stat2), ctx.cfg, ctx.needs_input_grad
-        conv = (cfg.stride, cfg.padding, cfg.dilation, cfg.groups)
         r = torch.relu(x) if cfg.pre_act else x
         if z is None:
-            z = F.conv2d(r, conv_w, conv_b, *conv)
+            z = cfg.conv.forward(r, conv_w, conv_b)
         a = bn_apply(z, bn_w, bn_b, stats, cfg.bn).relu_()
         with _no_autocast(x.device):
             f = _working(a).flatten(2)  # (B, c', N), as covariance_pool
@@ -90,15 +93,11 @@ class _ReducedCovariance(torch.autograd.Function):
         del da, a
         dz, d_bn_w, d_bn_b = bn_backward(dy, z, bn_w, stats, cfg.bn, (True, need[3], need[4]))
         del dy, z
-        has_bias = conv_b is not None
-        dr, d_conv_w, d_conv_b = torch.ops.aten.convolution_backward(
-            dz, r, conv_w, [conv_w.shape[0]] if has_bias else None, *conv[:3], False, [0, 0], cfg.groups,
-            [need[0], need[1], need[2] and has_bias])
+        dr, d_conv_w, d_conv_b = cfg.conv.backward(dz, r, conv_w, conv_b is not None, need[:3])
         dx = None
         if need[0]:
             dx = torch.ops.aten.threshold_backward(dr, r, 0) if cfg.pre_act else dr
-        return (dx, d_conv_w if need[1] else None, d_conv_b if need[2] and has_bias else None,
-                d_bn_w, d_bn_b, None, None, None)
+        return dx, d_conv_w, d_conv_b, d_bn_w, d_bn_b, None, None, None
 
 
 @register("gsop", title="Global Second-order Pooling block", paper=_PAPER, year=2019,
@@ -168,17 +167,15 @@ class GSoP(AttentionModule):
         covariance of the reduced features comes from :class:`_ReducedCovariance`, which saves x
         (and the convolution's output where it is no larger than x) and recomputes the rest in
         the backward; otherwise the plain formula (``attention_reference``)."""
-        if not (grad_needed(x, self) and eager_fast_path()) or autocast_on(x) or not self._plain_reduce():
+        if not recompute_applies(x, self) or not self._plain_reduce():
             return self.attention_reference(x)
-        conv = self.conv_reduce
-        h, w = ((s + conv.stride[i] - 1) // conv.stride[i] for i, s in enumerate(x.shape[2:]))
-        self._require_batch_stats(x.shape[0] * min(h * w, self.rd_channels))  # both BNs
-        bn = self.bn_reduce
-        running_mean, running_var, bn_cfg = bn_args(bn)
-        cfg = _Config(self.pre_act, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
-                      conv.groups, bn_cfg)
+        conv, bn = self.conv_reduce, self.bn_reduce
+        conv_cfg = ConvConfig.of(conv)
+        shape = conv_cfg.output_shape(x, conv.weight)  # (B, c', H', W')
+        self._require_batch_stats(shape[0] * min(shape[2] * shape[3], self.rd_channels))  # both BNs
+        running_mean, running_var, bn_cfg = bn_args(bn, shape)
         cov = _ReducedCovariance.apply(x, conv.weight, conv.bias, bn.weight, bn.bias, running_mean,
-                                       running_var, cfg)[0]
+                                       running_var, _Config(self.pre_act, conv_cfg, bn_cfg))[0]
         return self._head(cov)
 
     def _plain_reduce(self) -> bool:
