@@ -54,8 +54,10 @@ class CBAMChannelAttention(SqueezeExcite):
         b = avg.shape[0]
         # Both poolings go through the shared MLP as one batch of 2B, as matrix products.
         pooled = torch.cat([avg, mx], 0)
-        h = self.act(linear_1x1(self.fc1, pooled).view(2 * b, -1, 1, 1)).flatten(1)
-        s = linear_1x1(self.fc2, h)  # (2B, C)
+        # under autograd the convolutions themselves: in CBAM the spatial stage's BatchNorm would
+        # amplify the matrix products' different rounding
+        h = self.act(linear_1x1(self.fc1, pooled, exact_under_grad=True).view(2 * b, -1, 1, 1))
+        s = linear_1x1(self.fc2, h.flatten(1), exact_under_grad=True)  # (2B, C)
         return self.gate((s[:b] + s[b:]).view(b, -1, 1, 1))
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:

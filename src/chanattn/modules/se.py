@@ -27,7 +27,7 @@ class SqueezeExcite(AttentionModule):
     fully-connected layers with bias as in the official code (written as 1x1 convolutions on the
     pooled (B, C, 1, 1) tensor, which is the same map).
 
-    ``forward`` runs the 1x1 layers as matrix products on (B, C) without autograd
+    ``forward`` runs the 1x1 layers as matrix products on (B, C), in inference and in training
     (:func:`chanattn.functional.linear_1x1`); ``forward_reference`` is the plain formula. One pass
     to pool and one to rescale; training saves x and the (B, C, 1, 1) gate.
 

@@ -130,7 +130,9 @@ class SelectiveKernel(AttentionModule):
     def select(self, z: torch.Tensor) -> torch.Tensor:
         """The branch weights (B, M, C', 1, 1), softmax over M, from the pooled sum z (B, C')."""
         b = z.shape[0]
-        z = self.act(self.bn(linear_1x1(self.fc_reduce, z).view(b, -1, 1, 1)))  # (B, d, 1, 1)
+        # under autograd fc_reduce as the convolution itself: the BN after it amplifies rounding
+        z = linear_1x1(self.fc_reduce, z, exact_under_grad=True)
+        z = self.act(self.bn(z.view(b, -1, 1, 1)))  # (B, d, 1, 1)
         return linear_1x1(self.fc_select, z.flatten(1)).view(b, self.num_branches, -1, 1, 1).softmax(1)
 
     def _pool(self, u: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
