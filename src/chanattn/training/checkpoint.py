@@ -17,7 +17,7 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
+import warnings
 from typing import Any
 
 import torch
@@ -78,7 +78,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # random bytes read as a pickle header warn about an odd protocol before failing
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
@@ -87,7 +90,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"unpickle it (weights_only=True): {first}"
             ) from None
         raise CheckpointError(f"checkpoint {path!r} is corrupt: {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:
+        # any failure to parse is a corrupt file: random bytes reach the unpickler's IndexError,
+        # TypeError, ... as well as EOFError and BadZipFile
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {path!r} is truncated or corrupt ({first}); "
