@@ -12,7 +12,7 @@ import torch
 
 import chanattn
 import chanattn.functional as CF
-from conftest import randomise_norms
+from conftest import randomise_norms, saved_multiple
 
 # (registry name, kwargs); channel counts come from the shapes below.
 MODULES = {
@@ -145,24 +145,6 @@ def test_windowed_amax(shape):
 # -- memory: what a training forward saves for backward ------------------------------------------
 
 
-def _saved_multiple(m: torch.nn.Module, x: torch.Tensor, forward=None) -> float:
-    """Bytes autograd saves during one training forward (distinct storages, parameters excluded),
-    as a multiple of the input's bytes."""
-    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    x = x.detach().clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        (forward or m)(x)
-    return sum(storages.values()) / (x.numel() * x.element_size())
-
-
 # name: the most each saves, in input sizes, at C = 64 (x itself and the (B, C) / (B, 1, H, W)
 # maps; for sk, x and each branch's convolution output and activation output).
 SAVED_AT_MOST = {
@@ -175,14 +157,14 @@ SAVED_AT_MOST = {
 def test_training_saves_at_most_what_is_stated(name):
     m = chanattn.create(name, 64).train()
     x = torch.randn(4, 64, 16, 16)
-    saved = _saved_multiple(m, x)
+    saved = saved_multiple(m, x)
     assert saved <= SAVED_AT_MOST[name], f"{name} saves {saved:.3f} input sizes for backward"
     if name == "cbam":
         # the plain formula keeps x * channel_gate as well: the custom Functions save it twice less
-        assert _saved_multiple(m, x, m.forward_reference) >= 1.9
+        assert saved_multiple(m, x, m.forward_reference) >= 1.9
     if name == "sk":
         # the reference stacks the branches, a copy of both that autograd keeps as well
-        assert _saved_multiple(m, x, m.forward_reference) >= 6.9
+        assert saved_multiple(m, x, m.forward_reference) >= 6.9
 
 
 # -- tracing and compiling ---------------------------------------------------------------------

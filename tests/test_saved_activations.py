@@ -14,7 +14,7 @@ from torch import nn
 
 import chanattn
 from chanattn.recompute import conv_bn_relu, recompute_applies
-from conftest import randomise_norms
+from conftest import randomise_norms, saved_multiple
 
 # case: (registry name, kwargs, channels, shapes (B, H, W)); batch-1 shapes run in eval only where
 # the module normalises pooled vectors (sk's fuse step, bam's channel branch).
@@ -43,24 +43,6 @@ EXACT_BN = {
 SAVED_AT_MOST = {"sk": 3.05, "bam": 2.45, "encnet": 3.15}
 # What the plain formula saves (the measurement is sound, and the bound above means something).
 REFERENCE_AT_LEAST = {"sk": 6.9, "bam": 3.3, "encnet": 5.5}
-
-
-def saved_multiple(m: nn.Module, x: torch.Tensor, forward=None) -> float:
-    """Bytes autograd saves in one forward on ``x`` (requiring grad), one count per storage,
-    parameters and buffers left out, as a multiple of x's bytes (as benchmarks/activations.py)."""
-    skip = {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers()]}
-    found: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            found[s.data_ptr()] = max(found.get(s.data_ptr(), 0), s.nbytes())
-        return t
-
-    x = x.detach().clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        (forward or m)(x)
-    return sum(found.values()) / (x.numel() * x.element_size())
 
 
 def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None = None):

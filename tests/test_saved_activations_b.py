@@ -16,7 +16,7 @@ import chanattn
 from chanattn.modules import bilinear as bilinear_mod
 from chanattn.modules import c3 as c3_mod
 from chanattn.modules import gsop as gsop_mod
-from conftest import randomise_norms
+from conftest import randomise_norms, saved_multiple
 
 # case: (registry name, kwargs). gsop's default c' = 128 is larger than x (the convolution is
 # recomputed in the backward); rd_channels=8 and stride 2 make it smaller (its output is kept).
@@ -231,24 +231,6 @@ def test_double_backward_raises():
 # -- what a training forward saves -------------------------------------------------------------
 
 
-def _saved_multiple(m: nn.Module, x: torch.Tensor, forward=None) -> float:
-    """Bytes autograd saves in one forward (one count per storage, parameters and buffers left out)
-    as a multiple of the input's bytes, as benchmarks/activations.py counts them."""
-    skip = {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers()]}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
-        return t
-
-    x = x.detach().clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        (forward or m)(x)
-    return sum(storages.values()) / (x.numel() * x.element_size())
-
-
 # name: (at most, at least for forward_reference) at benchmarks/activations.py's two shapes
 SAVED = {
     "gsop": {(8, 64, 28, 28): (1.70, 8.6), (8, 256, 14, 14): (2.20, 4.1)},
@@ -263,9 +245,9 @@ def test_training_saves_at_most_what_is_stated(name):
         torch.manual_seed(0)
         m = chanattn.create(name, shape[1]).train()
         x = torch.randn(shape)
-        saved = _saved_multiple(m, x)
+        saved = saved_multiple(m, x)
         assert saved <= at_most, f"{name} at {shape} saves {saved:.3f} input sizes for backward"
-        ref = _saved_multiple(m, x, m.forward_reference)
+        ref = saved_multiple(m, x, m.forward_reference)
         assert ref >= reference_at_least, f"{name} at {shape}: the reference saves {ref:.3f}"
 
 
