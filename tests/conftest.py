@@ -60,3 +60,32 @@ def saved_multiple(m: torch.nn.Module, x: torch.Tensor, forward=None) -> float:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         (forward or m)(x)
     return sum(storages.values()) / (x.numel() * x.element_size())
+
+
+def assert_matches_reference(where: str, labels, fast, ref, truth, tol: float = 1e-4,
+                             scale_floor: float = 1e-6) -> None:
+    """A fast path's results (output and gradients, lists in the order of ``labels``) against the
+    reference formula's on the same input.
+
+    float64: equal to 1e-9 (relative to each result's largest value). Lower precision: the two
+    round differently and gradients are sums with cancellation, so each fast result must be as
+    close to the float64 result (``truth()``, a list) as the reference's is (within 4x), or within
+    ``tol`` of its 2-norm (at least ``scale_floor``); in float32 the outputs also agree directly to
+    1e-5.
+    """
+    if fast[0].dtype == torch.float64:
+        for label, a, b in zip(labels, fast, ref, strict=True):
+            scale = max(b.abs().max().item() if b.numel() else 0.0, 1e-3)
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * scale, msg=f"{where}: {label}")
+        return
+    for label, a, b, t in zip(labels, fast, ref, truth(), strict=True):
+        scale = max(torch.linalg.vector_norm(t).item(), scale_floor)
+        e_fast = torch.linalg.vector_norm(a.double() - t).item()
+        e_ref = torch.linalg.vector_norm(b.double() - t).item()
+        assert e_fast <= max(4 * e_ref, tol * scale), (
+            f"{where}: {label}: off the float64 result by {e_fast:.3g}, the reference by {e_ref:.3g} "
+            f"(scale {scale:.3g})")
+    if fast[0].dtype == torch.float32:
+        scale = max(ref[0].abs().max().item(), 1e-3)
+        torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5 * scale, msg=f"{where}: output")
+

@@ -12,7 +12,7 @@ import torch
 
 import chanattn
 import chanattn.functional as CF
-from conftest import randomise_norms, saved_multiple
+from conftest import assert_matches_reference, randomise_norms, saved_multiple
 
 # (registry name, kwargs); channel counts come from the shapes below.
 MODULES = {
@@ -54,35 +54,20 @@ def _run(m: torch.nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None):
     return y.detach(), list(grads), gout
 
 
-def _err(a: torch.Tensor, truth: torch.Tensor) -> float:
-    return torch.linalg.vector_norm(a.double() - truth).item()
-
-
 def _compare(name: str, m: torch.nn.Module, x: torch.Tensor, train: bool) -> None:
     m.train(train)
     truth_m = copy.deepcopy(m).double()  # before any training step moves the running statistics
     fast = _run(m, m.forward, x, None)
     ref = _run(m, m.forward_reference, x, fast[2])
     labels = ["output", "input grad"] + [f"grad of {n}" for n, _ in m.named_parameters()]
-    pairs = list(zip(labels, [fast[0], *fast[1]], [ref[0], *ref[1]]))
     where = f"{name}, {tuple(x.shape)}, {x.dtype}, train={train}, channels_last={not x.is_contiguous()}"
-    if x.dtype == torch.float64:
-        for label, a, b in pairs:
-            scale = max(b.abs().max().item() if b.numel() else 0.0, 1e-3)
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * scale, msg=f"{where}: {label}")
-        return
-    # float32 and bfloat16: the fast path may round differently from the reference, but it must be
-    # as close to the float64 result as the reference is (within 4x), or within TOL of it.
-    truth = _run(truth_m, truth_m.forward_reference, x.double(), fast[2].double())
-    for (label, a, b), t in zip(pairs, [truth[0], *truth[1]], strict=True):
-        scale = max(torch.linalg.vector_norm(t).item(), 1e-6)
-        e_fast, e_ref = _err(a, t), _err(b, t)
-        assert e_fast <= max(4 * e_ref, TOL[x.dtype] * scale), (
-            f"{where}: {label}: fast path off the float64 result by {e_fast:.3g}, the reference by "
-            f"{e_ref:.3g} (scale {scale:.3g})")
-    if x.dtype == torch.float32:  # and the outputs agree directly, to 1e-5
-        scale = max(ref[0].abs().max().item(), 1e-3)
-        torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5 * scale)
+
+    def truth():
+        t = _run(truth_m, truth_m.forward_reference, x.double(), fast[2].double())
+        return [t[0], *t[1]]
+
+    assert_matches_reference(where, labels, [fast[0], *fast[1]], [ref[0], *ref[1]], truth,
+                             tol=TOL.get(x.dtype, 0.0))
 
 
 @pytest.fixture(params=["whole", "chunked"])

@@ -14,7 +14,7 @@ from torch import nn
 
 import chanattn
 from chanattn.recompute import conv_bn_relu, recompute_applies
-from conftest import randomise_norms, saved_multiple
+from conftest import assert_matches_reference, randomise_norms, saved_multiple
 
 # case: (registry name, kwargs, channels, shapes (B, H, W)); batch-1 shapes run in eval only where
 # the module normalises pooled vectors (sk's fuse step, bam's channel branch).
@@ -54,10 +54,6 @@ def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None = None):
     return [y.detach(), *grads], gout
 
 
-def _norm_err(a: torch.Tensor, truth: torch.Tensor) -> float:
-    return torch.linalg.vector_norm(a.double() - truth).item()
-
-
 def _compare(case: str, m: nn.Module, x: torch.Tensor, train: bool) -> None:
     """forward against forward_reference, each from the same state (BN statistics included); in
     float32 both against the float64 result as well."""
@@ -68,21 +64,8 @@ def _compare(case: str, m: nn.Module, x: torch.Tensor, train: bool) -> None:
     ref, _ = _run(mb, mb.forward_reference, x, gout)
     where = f"{case}, {tuple(x.shape)}, {x.dtype}, train={train}, channels_last={not x.is_contiguous()}"
     assert len(fast) == len(ref) == len(labels)
-    if x.dtype == torch.float64:
-        for label, a, b in zip(labels, fast, ref, strict=True):
-            scale = max(b.abs().max().item() if b.numel() else 0.0, 1e-3)
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * scale, msg=f"{where}: {label}")
-    else:
-        # Gradients are sums with cancellation: compare both with the float64 result in the 2-norm
-        # (as tests/test_fast_paths.py): the fast path within 4x the reference's error, or 1e-4.
-        truth, _ = _run(truth_m, truth_m.forward_reference, x.double(), gout)
-        for label, a, b, t in zip(labels, fast, ref, truth, strict=True):
-            scale = max(torch.linalg.vector_norm(t).item(), 1e-6)
-            e_fast, e_ref = _norm_err(a, t), _norm_err(b, t)
-            assert e_fast <= max(4 * e_ref, 1e-4 * scale), (
-                f"{where}: {label}: off the float64 result by {e_fast:.3g}, the reference by {e_ref:.3g}")
-        scale = max(ref[0].abs().max().item(), 1e-3)
-        torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5 * scale, msg=f"{where}: output")
+    assert_matches_reference(where, labels, fast, ref,
+                             lambda: _run(truth_m, truth_m.forward_reference, x.double(), gout)[0])
     # one step each: the running statistics moved the same way (see EXACT_BN)
     exact = EXACT_BN[CASES[case][0]]
     for (name, a), (_, b) in zip(ma.named_buffers(), mb.named_buffers(), strict=True):
