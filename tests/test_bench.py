@@ -22,7 +22,7 @@ from chanattn.bench.core import (
     time_interleaved,
 )
 from chanattn.cli import main
-from chanattn.errors import CLIError
+from chanattn.errors import ChanattnError
 
 FAST = dict(repeats=3, warmup=1, min_time_s=0.0005)
 SHAPE = (2, 16, 8, 8)
@@ -143,7 +143,7 @@ def test_timm_counterparts_compute_the_same_function(name):
 def test_parse_shapes():
     assert parse_shapes("32x64x56x56, 2X3X4X5") == [(32, 64, 56, 56), (2, 3, 4, 5)]
     for bad in ("32x64", "32x64x0x7", "axbxcxd", ""):
-        with pytest.raises(CLIError, match="--shapes expects"):
+        with pytest.raises(ChanattnError, match="--shapes expects"):
             parse_shapes(bad)
 
 
@@ -165,7 +165,7 @@ def test_cli_errors_are_one_line(capsys):
 
 
 def test_all_means_every_registered_module():
-    from chanattn.bench.commands import _module_list
+    from chanattn.cli.bench import _module_list
 
     assert _module_list("all") == chanattn.list_modules()
     assert _module_list("ese,se,ese") == ["ese", "se"]

@@ -37,7 +37,8 @@ def test_list_markdown_and_channels(capsys):
 def test_bad_option_is_one_line_and_nonzero(capsys):
     assert main(["list", "--channels", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["chanattn list: error: --channels must be a positive int, got 0"]
+    assert err == ["chanattn list: error: argument --channels: expected a positive int, got '0' "
+                   "(see chanattn list --help)"]
     assert main(["demo", "--shape", "8x64"]) == 2
     assert "BxCxHxW" in capsys.readouterr().err
 

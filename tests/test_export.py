@@ -2,7 +2,7 @@
 TorchScript, checked against eager mode; the committed results file (tests/export_support.json) is
 what these tests prove, and the README's export tables are generated from it.
 
-After a change that alters an outcome: ``python -m chanattn.export --record tests/export_support.json``
+After a change that alters an outcome: ``chanattn export --record tests/export_support.json``
 then ``make readme``. ``CHANATTN_EXPORT_ALL=1`` also checks the deeper architectures (about 3 min of
 CPU) that ``make test`` leaves to the record.
 """
@@ -22,7 +22,6 @@ import chanattn
 from chanattn.catalog import EXPORT_END, EXPORT_RESULTS, EXPORT_START, export_markdown
 from chanattn.cli import main
 from chanattn.export import (
-    DEFAULT_TEST_MODELS,
     FORMATS,
     KNOWN_LIMITATIONS,
     ExportError,
@@ -40,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = load_support(ROOT / EXPORT_RESULTS)
 ALL_MODELS = chanattn.list_models()
 FULL = os.environ.get("CHANATTN_EXPORT_ALL", "") not in ("", "0")
-RECORD_HINT = "the results file is stale: run `python -m chanattn.export --record tests/export_support.json`"
+RECORD_HINT = "the results file is stale: run `chanattn export --record tests/export_support.json`"
+#: the architectures and paths `make test` checks (the rest: CHANATTN_EXPORT_ALL=1)
+QUICK = RESULTS["make_test_models"]["paths"]
 
 
 def test_results_file_covers_every_module_model_and_path():
@@ -67,7 +68,7 @@ def test_module_export_outcome_is_the_recorded_one(name, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("arch", ALL_MODELS)
 def test_model_export_outcome_is_the_recorded_one(arch, fmt):
-    if fmt not in DEFAULT_TEST_MODELS.get(arch, ()) and not FULL:
+    if fmt not in QUICK.get(arch, ()) and not FULL:
         pytest.skip("left to the full run (CHANATTN_EXPORT_ALL=1): code checked on another architecture")
     assert model_support(arch, fmt) == RESULTS["models"][arch][fmt], RECORD_HINT
 
@@ -262,7 +263,7 @@ def test_cli_exports_a_module_and_a_model(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--module", "se", "--format", "onnx"], "--out FILE is required"),
     (["--module", "se", "--arch", "resnet8", "--out", "x"], "give one of --module NAME or --arch NAME"),
-    (["--module", "se", "--format", "tflite", "--out", "x"], "fmt must be one of torch.export, onnx"),
+    (["--module", "se", "--format", "tflite", "--out", "x"], "--format: expected one of torch.export"),
     (["--module", "nope", "--out", "x"], "unknown module 'nope'"),
     (["--module", "se", "--shape", "1x8", "--out", "x"], "BxCxHxW"),
 ])

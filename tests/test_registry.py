@@ -42,23 +42,24 @@ def test_unknown_name_lists_close_matches():
 
 def test_registering_a_name_twice_raises():
     with pytest.raises(ValueError, match="'se' is already registered"):
-        @register("se", title="x", paper="x", year=2020, kind="channel", seed="x")
+        @register("se", title="x", paper="x", year=2020, kind="channel")
         class Again(chanattn.AttentionModule):
             pass
     with pytest.raises(ValueError, match="'ese' is already registered"):
-        @register("brand_new", title="x", paper="x", year=2020, kind="channel", seed="x", aliases=("ese",))
+        @register("brand_new", title="x", paper="x", year=2020, kind="channel", aliases=("ese",))
         class Aliased(chanattn.AttentionModule):
             pass
     assert "brand_new" not in chanattn.list_modules()
     with pytest.raises(ValueError, match="kind must be one of"):
-        register("other", title="x", paper="x", year=2020, kind="weird", seed="x")
+        register("other", title="x", paper="x", year=2020, kind="weird")
 
 
 def test_module_info_fields():
     info = chanattn.module_info("se")
     assert info.title == "Squeeze-and-Excitation"
     assert "1709.01507" in info.paper and info.year == 2018
-    assert info.kind == "channel" and "003" in info.seed
+    assert info.kind == "channel"
+    assert not hasattr(info, "seed")  # planning notes are not public metadata
 
 
 def test_create_passes_kwargs_and_rejects_unknown_ones():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from chanattn.cli import main
-from chanattn.errors import CheckpointError, CLIError
+from chanattn.errors import ChanattnError, CheckpointError
 from chanattn.training import (
     RECIPES,
     TrainConfig,
@@ -79,19 +79,19 @@ def test_config_file_and_overrides(tmp_path):
     js = tmp_path / "c.json"
     js.write_text(json.dumps({"optimizer": "adamw", "schedule": "cosine"}))
     assert resolve_config(None, js).optimizer == "adamw"
-    with pytest.raises(CLIError, match="unknown field.*lerning_rate"):
+    with pytest.raises(ChanattnError, match="unknown field.*lerning_rate"):
         resolve_config(None, None, {"lerning_rate": 1})
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1\n")
-    with pytest.raises(CLIError, match="not valid YAML"):
+    with pytest.raises(ChanattnError, match="not valid YAML"):
         resolve_config(None, bad)
-    with pytest.raises(CLIError, match="does not exist"):
+    with pytest.raises(ChanattnError, match="does not exist"):
         resolve_config(None, tmp_path / "missing.yaml")
-    with pytest.raises(CLIError, match="unknown recipe"):
+    with pytest.raises(ChanattnError, match="unknown recipe"):
         resolve_config("imagenet-1k")
-    with pytest.raises(CLIError, match="nesterov needs"):
+    with pytest.raises(ChanattnError, match="nesterov needs"):
         resolve_config(None, None, {"optimizer": "adamw", "nesterov": True})
-    with pytest.raises(CLIError, match="milestones must increase"):
+    with pytest.raises(ChanattnError, match="milestones must increase"):
         resolve_config(None, None, {"milestones": [140, 120]})
 
 
@@ -227,7 +227,7 @@ def test_unwritable_output_is_reported_before_training(tmp_path, capsys):
     try:
         if os.access(ro, os.W_OK):  # running as root: permissions do not apply
             pytest.skip("the test user can write to read-only directories (root)")
-        with pytest.raises(CLIError, match="not writable"):
+        with pytest.raises(ChanattnError, match="not writable"):
             train(tiny_config(ro, epochs=1))
         assert not (ro / "metrics.jsonl").exists()
     finally:
@@ -240,7 +240,7 @@ def test_disk_space_check(tmp_path, monkeypatch):
     from chanattn.training import trainer
 
     monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
-    with pytest.raises(CLIError, match="MiB free; the checkpoints of this run need"):
+    with pytest.raises(ChanattnError, match="MiB free; the checkpoints of this run need"):
         train(tiny_config(tmp_path / "full_disk", epochs=1))
 
 
@@ -333,7 +333,7 @@ def test_eval_command(tmp_path, capsys):
         (["train", "--amp", "fp16", "--device", "cpu", "--out", "X"], "fp16 needs a CUDA"),
         (["eval", "--checkpoint", "{tmp}/missing.pt"], "does not exist"),
         (["compare", "--modules", "se,nosuch", "--out", "X"], "unknown"),
-        (["compare", "--seeds", "0", "--out", "X"], "--seeds must be >= 1"),
+        (["compare", "--seeds", "0", "--out", "X"], "--seeds: expected a positive int, got '0'"),
     ],
 )
 def test_command_errors_are_one_line(tmp_path, capsys, argv, message):
@@ -375,7 +375,7 @@ def test_compare_writes_table_plots_and_skips_finished_runs(tmp_path, capsys):
     assert "6 runs already finished, 0 to train" in logs[0]
     assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in results["rows"]]
     # other settings into the same directory are refused
-    with pytest.raises(CLIError, match="other settings"):
+    with pytest.raises(ChanattnError, match="other settings"):
         run_compare(tiny_config(out, epochs=2), ["se"], [0], str(out), log=logs.append)
 
 

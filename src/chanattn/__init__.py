@@ -5,19 +5,39 @@
 torch.Size([2, 256, 14, 14])
 >>> chanattn.create_model("resnet20", attn="eca", num_classes=100)(torch.randn(2, 3, 32, 32)).shape
 torch.Size([2, 100])
+
+The public names are imported on first use (``import chanattn`` alone does not import torch).
+The library never imports the command line (:mod:`chanattn.cli`).
 """
 
 from __future__ import annotations
 
-from .layers import AttentionModule, no_weight_decay_names
-from .models import attach, count_macs, create_model, list_models
-from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "KINDS": ".registry",
+    "ModuleInfo": ".registry",
+    "create": ".registry",
+    "list_modules": ".registry",
+    "module_info": ".registry",
+    "register": ".registry",
+    "AttentionModule": ".layers",
+    "no_weight_decay_names": ".layers",
+    "attach": ".models",
+    "count_macs": ".models",
+    "create_model": ".models",
+    "list_models": ".models",
+    "ChanattnError": ".errors",
+}
 
 __all__ = [
     "KINDS",
     "AttentionModule",
+    "ChanattnError",
     "ModuleInfo",
     "__version__",
     "attach",
@@ -29,4 +49,12 @@ __all__ = [
     "module_info",
     "no_weight_decay_names",
     "register",
-]
+]  # the names of _EXPORTS (a test checks)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from .errors import ChanattnError
+    from .layers import AttentionModule, no_weight_decay_names
+    from .models import attach, count_macs, create_model, list_models
+    from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register

@@ -1,3 +1,5 @@
+"""``python -m chanattn`` (what torchrun runs): the command line."""
+
 import sys
 
 from .cli import main

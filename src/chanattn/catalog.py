@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from .errors import InputError
+from .io import write_text
 from .registry import create, list_modules, module_info
+from .table import Column, render, render_markdown
 
 __all__ = ["Row", "count_parameters", "export_markdown", "markdown_table", "rows", "text_table",
            "update_readme"]
@@ -25,59 +28,53 @@ class Row:
     paper: str
     year: int
     kind: str
-    seed: str
     aliases: tuple[str, ...]
-    params: int
+    params: int | None
+    note: str = ""
 
 
 def rows(channels: int = TABLE_CHANNELS) -> list[Row]:
-    """One row per registered module, its parameters counted at ``channels`` with defaults."""
+    """One row per registered module, its parameters counted at ``channels`` with defaults; a
+    module that cannot take ``channels`` has ``params=None`` and its reason in ``note``."""
     out = []
     for name in list_modules():
         info = module_info(name)
-        out.append(Row(name, info.title, info.paper, info.year, info.kind, info.seed, info.aliases,
-                       count_parameters(create(name, channels))))
+        try:
+            params, note = count_parameters(create(name, channels)), ""
+        except ValueError as exc:
+            params, note = None, f"cannot take C={channels}: {' '.join(str(exc).split())}"
+        out.append(Row(name, info.title, info.paper, info.year, info.kind, info.aliases, params, note))
     return out
 
 
-def _name_cell(row: Row) -> str:
-    return row.name + (f" ({', '.join(row.aliases)})" if row.aliases else "")
+def _name_cell(rec: dict) -> str:
+    return rec["name"] + (f" ({', '.join(rec['aliases'])})" if rec["aliases"] else "")
+
+
+def _markdown_name(rec: dict) -> str:
+    aliases = f" (alias {', '.join('`' + a + '`' for a in rec['aliases'])})" if rec["aliases"] else ""
+    return f"`{rec['name']}`{aliases}"
 
 
 def markdown_table(channels: int = TABLE_CHANNELS) -> str:
     """The README's table (name, module, paper, kind, parameters at ``channels``)."""
-    lines = [
-        f"| name | module | paper | kind | params at C={channels} |",
-        "|---|---|---|---|---:|",
-    ]
-    for r in rows(channels):
-        cell = "`" + r.name + "`" + (f" (alias {', '.join('`' + a + '`' for a in r.aliases)})"
-                                     if r.aliases else "")
-        lines.append(f"| {cell} | {r.title} | {r.paper} | {r.kind} | {r.params:,} |")
-    return "\n".join(lines) + "\n"
+    cols = [Column("name", get=_markdown_name), Column("module", "title"), Column("paper", "paper"),
+            Column("kind", "kind"), Column(f"params at C={channels}", "params", ",")]
+    return render_markdown([asdict(r) for r in rows(channels)], cols)
 
 
 def text_table(channels: int = TABLE_CHANNELS) -> str:
-    """The terminal table of ``chanattn list``."""
-    rs = rows(channels)
-    head = ("name", "module", "kind", "year", f"params@C={channels}", "seed")
-    body = [(_name_cell(r), r.title, r.kind, str(r.year), f"{r.params:,}", r.seed) for r in rs]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    right = {3, 4}
-
-    def fmt(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    lines = [fmt(head), fmt(["-" * w for w in widths])]
-    lines += [fmt(b) for b in body]
-    return "\n".join(lines) + "\n"
+    """The terminal table of ``chanattn list``; a module that cannot take ``channels`` says why."""
+    cols = [Column("name", get=_name_cell), Column("module", "title"), Column("kind", "kind"),
+            Column("year", "year", "d"), Column(f"params@C={channels}", "params", ","),
+            Column("note", "note")]
+    return render([asdict(r) for r in rows(channels)], cols)
 
 
 START, END = "<!-- modules:start -->", "<!-- modules:end -->"
 EXPORT_START, EXPORT_END = "<!-- exports:start -->", "<!-- exports:end -->"
 
-#: The export results (written by ``python -m chanattn.export --record``), relative to the README.
+#: The export results (written by ``chanattn export --record``), relative to the README.
 EXPORT_RESULTS = "tests/export_support.json"
 
 _EXPORT_HEADS = {"torch.export": "torch.export", "onnx": "ONNX + onnxruntime", "torchscript": "TorchScript"}
@@ -93,7 +90,7 @@ def _export_cell(entry: dict, fmt: str) -> str:
 def export_markdown(data: dict) -> str:
     """The README's export tables (modules, then architectures) from the results of
     :func:`chanattn.export.record`."""
-    from .export import DEFAULT_TEST_MODELS, FORMATS
+    from .export.formats import FORMATS
 
     v = data.get("versions", {})
     stack = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnx", "onnxscript", "onnxruntime") if k in v)
@@ -113,7 +110,7 @@ def export_markdown(data: dict) -> str:
         "|---|" + "---|" * len(FORMATS),
     ]
     for name, entries in data["models"].items():
-        checked = DEFAULT_TEST_MODELS.get(name, ())
+        checked = data.get("make_test_models", {}).get("paths", {}).get(name, ())
         cells = [_export_cell(entries[f], f) + ("" if f in checked else " \\*") for f in FORMATS]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines += ["", "`trace`: `torch.jit.script` cannot compile it (for the modules, their Python input "
@@ -125,7 +122,7 @@ def export_markdown(data: dict) -> str:
 
 def _replace_section(text: str, start: str, end: str, body: str, path: str) -> str:
     if start not in text or end not in text:
-        raise ValueError(f"{path}: the markers {start} and {end} are missing")
+        raise InputError(f"{path}: the markers {start} and {end} are missing")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}{end}{tail}"
@@ -145,8 +142,7 @@ def update_readme(path: str, export_results: str | None = None) -> bool:
     new = _replace_section(text, START, END, markdown_table(), path)
     new = _replace_section(new, EXPORT_START, EXPORT_END, export_markdown(load_support(results)), path)
     if new != text:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(new)
+        write_text(path, new)
     return new != text
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import InputError, InputTypeError
+
 __all__ = [
     "AttentionModule",
     "LayerSpec",
@@ -58,7 +60,7 @@ def create_act(layer: LayerSpec, *, owner: str = "chanattn") -> nn.Module:
     if isinstance(layer, str):
         key = layer.strip().lower().replace("-", "_")
         if key not in _ACTS:
-            raise ValueError(
+            raise InputError(
                 f"{owner}: unknown activation {layer!r}; expected one of {', '.join(sorted(_ACTS))} "
                 "or a callable returning an nn.Module"
             )
@@ -68,12 +70,12 @@ def create_act(layer: LayerSpec, *, owner: str = "chanattn") -> nn.Module:
     if callable(layer):
         module = layer()
         if not isinstance(module, nn.Module):
-            raise TypeError(
+            raise InputTypeError(
                 f"{owner}: the activation factory {layer!r} returned {type(module).__name__}, "
                 "expected an nn.Module"
             )
         return module
-    raise TypeError(f"{owner}: an activation must be a name, a callable or an nn.Module, got {layer!r}")
+    raise InputTypeError(f"{owner}: an activation must be a name, a callable or an nn.Module, got {layer!r}")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
@@ -98,7 +100,7 @@ def reduced_channels(channels: int, rd_ratio: float, rd_channels: int | None = N
     if rd_channels is not None:
         return check_positive_int(rd_channels, "rd_channels", owner)
     if not (isinstance(rd_ratio, (int, float)) and rd_ratio > 0):
-        raise ValueError(f"{owner}: rd_ratio must be a positive number, got {rd_ratio!r}")
+        raise InputError(f"{owner}: rd_ratio must be a positive number, got {rd_ratio!r}")
     if rd_divisor is not None:
         check_positive_int(rd_divisor, "rd_divisor", owner)
         return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
@@ -108,7 +110,7 @@ def reduced_channels(channels: int, rd_ratio: float, rd_channels: int | None = N
 def check_positive_int(value, what: str, owner: str) -> int:
     """``value`` as an int, or a ValueError naming ``owner`` and ``what``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}")
+        raise InputError(f"{owner}: {what} must be a positive int, got {value!r}")
     return value
 
 
@@ -141,7 +143,7 @@ class AttentionModule(nn.Module):
         super().__init__()
         self.channels = check_positive_int(channels, "channels", type(self).__name__)
         if channels % self.channel_multiple:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}: channels must be a multiple of {self.channel_multiple}, "
                 f"got {channels}"
             )
@@ -152,23 +154,23 @@ class AttentionModule(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{self._label()} expects a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"{self._label()} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
-            raise ValueError(
+            raise InputError(
                 f"{self._label()} expects a 4-D input (B, C, H, W), got a {x.dim()}-D tensor "
                 f"of shape {tuple(x.shape)}"
             )
         if not x.is_floating_point():
-            raise TypeError(
+            raise InputTypeError(
                 f"{self._label()} expects a floating-point input, got dtype {x.dtype}"
             )
         if x.shape[1] != self.channels:
-            raise ValueError(
+            raise InputError(
                 f"{self._label()} expects {self.channels} input channels, got {x.shape[1]} "
                 f"(input shape {tuple(x.shape)})"
             )
         if x.shape[2] < self.min_size or x.shape[3] < self.min_size:
-            raise ValueError(
+            raise InputError(
                 f"{self._label()} needs H, W >= {self.min_size}, got H={x.shape[2]}, W={x.shape[3]}"
             )
         if self.batchnorm_on_pooled:
@@ -178,7 +180,7 @@ class AttentionModule(nn.Module):
         """In training, a BatchNorm needs more than one value per channel: raise a clear error
         where the batch (times the normalised map's H x W) gives only one."""
         if self.training and values_per_channel < 2:
-            raise ValueError(
+            raise InputError(
                 f"{self._label()} normalises a pooled or 1x1 map with BatchNorm: training needs "
                 f"more than one value per channel (a batch of at least 2 here), got "
                 f"{values_per_channel} (use eval() for single samples)"

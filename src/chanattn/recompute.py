@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .functional import eager_fast_path, grad_needed
 
 __all__ = [
@@ -125,10 +126,10 @@ def bn_args(bn: nn.modules.batchnorm._BatchNorm,
             momentum = 1.0 / float(bn.num_batches_tracked)
     batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if batch_stats and shape[0] * math.prod(shape[2:]) == 1:
-        raise ValueError(
+        raise InputError(
             f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
     if batch_stats and bn.eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {bn.eps}")
+        raise InputError(f"batch_norm eps must be positive during training, but got {bn.eps}")
     track = not bn.training or bn.track_running_stats
     return (bn.running_mean if track else None, bn.running_var if track else None,
             BNConfig(batch_stats, momentum, bn.eps))
@@ -309,7 +310,7 @@ def conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, save: 
     (``save="output"``; the convolution is recomputed). For where :func:`recompute_applies` and
     :func:`conv_bn_relu_applies` hold."""
     if save not in _SAVE:
-        raise ValueError(f"conv_bn_relu: save must be one of {_SAVE}, got {save!r}")
+        raise InputError(f"conv_bn_relu: save must be one of {_SAVE}, got {save!r}")
     conv_cfg = ConvConfig.of(conv)
     running_mean, running_var, bn_cfg = bn_args(bn, conv_cfg.output_shape(x, conv.weight))
     return _ConvBatchNormReLU.apply(x, conv.weight, conv.bias, bn.weight, bn.bias, running_mean,

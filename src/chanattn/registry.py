@@ -2,7 +2,7 @@
 
 Every attention module registers itself with :func:`register`; :func:`create` builds one by name,
 :func:`list_modules` lists the names and :func:`module_info` returns what the catalogue says about
-a name (title, paper, year, kind, seed file).
+a name (title, paper, year, kind).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from torch import nn
+
+from .errors import InputError, InputTypeError
 
 __all__ = ["KINDS", "ModuleInfo", "create", "list_modules", "module_info", "register", "resolve_name"]
 
@@ -30,7 +32,6 @@ class ModuleInfo:
         paper: paper title and where it appeared (arXiv id or venue).
         year: year of the paper.
         kind: one of :data:`KINDS`.
-        seed: which seed file(s) describe it, with the section.
         cls: the ``nn.Module`` class that implements it.
         aliases: other names that resolve to it.
     """
@@ -40,7 +41,6 @@ class ModuleInfo:
     paper: str
     year: int
     kind: str
-    seed: str
     cls: type = field(repr=False, compare=False)
     aliases: tuple[str, ...] = ()
 
@@ -68,7 +68,6 @@ def register(
     paper: str,
     year: int,
     kind: str,
-    seed: str,
     aliases: tuple[str, ...] = (),
 ) -> Callable[[T], T]:
     """Class decorator that registers an attention module under ``name`` (and ``aliases``).
@@ -77,14 +76,14 @@ def register(
         ValueError: the name or an alias is already registered, or ``kind`` is unknown.
     """
     if kind not in KINDS:
-        raise ValueError(f"register({name!r}): kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"register({name!r}): kind must be one of {KINDS}, got {kind!r}")
 
     def decorator(cls: T) -> T:
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
-                raise ValueError(f"register({name!r}): the name {key!r} is already registered")
+                raise InputError(f"register({name!r}): the name {key!r} is already registered")
         info = ModuleInfo(
-            name=name, title=title, paper=paper, year=year, kind=kind, seed=seed, cls=cls,
+            name=name, title=title, paper=paper, year=year, kind=kind, cls=cls,
             aliases=tuple(aliases),
         )
         _REGISTRY[name] = info
@@ -120,7 +119,7 @@ def resolve_name(name: str) -> str:
 def normalize_name(name: str, what: str = "module") -> str:
     """``name`` as a registry key: stripped, lower case, dashes as underscores."""
     if not isinstance(name, str):
-        raise TypeError(f"chanattn: a {what} name must be a str, got {type(name).__name__}")
+        raise InputTypeError(f"chanattn: a {what} name must be a str, got {type(name).__name__}")
     return name.strip().lower().replace("-", "_")
 
 
@@ -131,14 +130,14 @@ def unknown_name_error(what: str, name: str, known, candidates=None) -> ValueErr
     close = difflib.get_close_matches(key, list(candidates if candidates is not None else known),
                                       n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"chanattn: unknown {what} {name!r}{hint} (known: {', '.join(sorted(known))})")
+    return InputError(f"chanattn: unknown {what} {name!r}{hint} (known: {', '.join(sorted(known))})")
 
 
 def list_modules(kind: str | None = None) -> list[str]:
     """Sorted registry names (aliases are not listed), optionally only those of one ``kind``."""
     _ensure_loaded()
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"list_modules: kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"list_modules: kind must be one of {KINDS}, got {kind!r}")
     return sorted(n for n, info in _REGISTRY.items() if kind is None or info.kind == kind)
 
 

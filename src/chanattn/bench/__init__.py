@@ -2,7 +2,8 @@
 memory-traffic floor of attention modules (against timm's where it has them), and the throughput of
 whole models with attention.
 
-:mod:`.core` measures, :mod:`.timm_refs` builds timm's counterparts, :mod:`.commands` is the CLI.
+:mod:`.core` measures, :mod:`.timm_refs` builds timm's counterparts; the command is
+:mod:`chanattn.cli.bench`.
 """
 
 from __future__ import annotations

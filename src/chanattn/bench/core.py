@@ -50,7 +50,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..errors import CLIError
+from ..errors import ConfigError, InputError
 from ..models.profile import count_macs, count_params
 
 __all__ = [
@@ -126,7 +126,7 @@ def parse_shapes(text: str, option: str = "--shapes") -> list[tuple[int, int, in
     """Comma-separated ``BxCxHxW`` shapes as tuples.
 
     Raises:
-        CLIError: an item is not four positive integers joined by ``x``.
+        ConfigError: an item is not four positive integers joined by ``x``.
     """
     shapes = []
     for item in str(text).split(","):
@@ -135,7 +135,7 @@ def parse_shapes(text: str, option: str = "--shapes") -> list[tuple[int, int, in
         except ValueError:
             dims = ()
         if len(dims) != 4 or min(dims) < 1:
-            raise CLIError(f"{option} expects comma-separated BxCxHxW of positive integers "
+            raise ConfigError(f"{option} expects comma-separated BxCxHxW of positive integers "
                            f"(e.g. 32x64x56x56,32x256x14x14), got {item.strip()!r}")
         shapes.append(dims)
     return shapes  # type: ignore[return-value]
@@ -194,7 +194,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, device: torch.devi
             longer than this (default no limit).
     """
     if repeats < 1:
-        raise ValueError(f"time_interleaved: repeats must be >= 1, got {repeats}")
+        raise InputError(f"time_interleaved: repeats must be >= 1, got {repeats}")
     device = torch.device(device)
     iters: dict[str, int] = {}
     for name, fn in fns.items():
@@ -387,7 +387,7 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
     from ..registry import module_info
 
     if mode not in MODES:
-        raise ValueError(f"bench_module: mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"bench_module: mode must be one of {MODES}, got {mode!r}")
     dev = torch.device(device)
     b, c, h, w = (int(v) for v in shape)
     info = module_info(name)
@@ -424,7 +424,7 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
                 theirs = theirs.to(dev)
                 their_call = _module_call(theirs, x, mode, seed)
                 if their_call.out_shape != call.out_shape:
-                    raise ValueError(f"output {their_call.out_shape}, ours {call.out_shape}")
+                    raise InputError(f"output {their_call.out_shape}, ours {call.out_shape}")
         except Exception as exc:  # timm's module may fail; say so in the row
             rec["note"] = f"timm fails: {_error_text(exc)}"
             theirs, their_call = None, None

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["TIMM_NAMES", "timm_counterpart"]
 
 
@@ -86,7 +88,7 @@ def _cbam_spatial(tl, ours, shape):
 def _sk(tl, ours, shape):
     c = shape[1]
     if ours.num_branches != 2 or ours.stride != 1:
-        raise ValueError("the bench compares sk with 2 branches and stride 1 only")
+        raise InputError("the bench compares sk with 2 branches and stride 1 only")
     return (tl.SelectiveKernel(c, groups=ours.groups, rd_channels=ours.rd_channels, split_input=False),
             f"timm.layers.SelectiveKernel({c}, groups={ours.groups}, rd_channels={ours.rd_channels}, "
             "split_input=False)")

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from .spec import DatasetSpec
 
 __all__ = ["Augment"]
@@ -37,7 +38,7 @@ class Augment(nn.Module):
         self.crop_padding = spec.crop_padding if crop_padding is None else int(crop_padding)
         self.hflip = spec.hflip if hflip is None else bool(hflip)
         if self.crop_padding < 0:
-            raise ValueError(f"Augment: crop_padding must be >= 0, got {self.crop_padding}")
+            raise InputError(f"Augment: crop_padding must be >= 0, got {self.crop_padding}")
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1),
@@ -57,17 +58,17 @@ class Augment(nn.Module):
             train: False gives the eval transform even in training mode.
         """
         if images.dim() != 4 or images.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"Augment({self.spec.name}): expected (N, {self.mean.shape[1]}, H, W) images, "
+            raise InputError(f"Augment({self.spec.name}): expected (N, {self.mean.shape[1]}, H, W) images, "
                              f"got {tuple(images.shape)}")
         if images.dtype == torch.uint8:
             x = images.float().div_(255)
         elif images.is_floating_point():
             x = images.float()
         else:
-            raise TypeError(f"Augment({self.spec.name}): expected uint8 or floating-point images, "
+            raise InputTypeError(f"Augment({self.spec.name}): expected uint8 or floating-point images, "
                             f"got {images.dtype}")
         if generator is not None and generator.device.type != x.device.type:
-            raise ValueError(f"Augment({self.spec.name}): the generator is on {generator.device}, the images "
+            raise InputError(f"Augment({self.spec.name}): the generator is on {generator.device}, the images "
                              f"on {x.device}; they must be on the same device")
         if self.training and train and x.shape[0] > 0:
             if self.crop_padding > 0:

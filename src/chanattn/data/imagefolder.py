@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from .spec import DataBundle, DatasetSpec, Split
 
 __all__ = [
@@ -57,7 +57,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], labels: list[int], size: int) -> None:
         if len(files) != len(labels):
-            raise ValueError(f"ImageFolderDataset: {len(files)} files but {len(labels)} labels")
+            raise InputError(f"ImageFolderDataset: {len(files)} files but {len(labels)} labels")
         self.files, self.labels, self.size = list(files), list(labels), size
 
     def __len__(self) -> int:
@@ -149,7 +149,7 @@ def load_imagefolder(root: str | os.PathLike, image_size: int = 32, *,
     """
     root = Path(root).expanduser()
     if image_size < 1:
-        raise ValueError(f"imagefolder: image_size must be a positive int, got {image_size}")
+        raise InputError(f"imagefolder: image_size must be a positive int, got {image_size}")
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"imagefolder: {train_dir} not found (expected {root}/train/<class>/*.png and "

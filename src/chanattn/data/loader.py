@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .spec import Split
 
 __all__ = ["BatchLoader", "epoch_seed"]
@@ -53,13 +54,13 @@ class BatchLoader:
                  seed: int = 0, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                  num_workers: int = 0, pad_to_equal: bool = True, cache_on_device: bool = False) -> None:
         if batch_size < 1:
-            raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"BatchLoader: need 0 <= rank < world_size, got rank {rank} of {world_size}")
+            raise InputError(f"BatchLoader: need 0 <= rank < world_size, got rank {rank} of {world_size}")
         if num_workers < 0:
-            raise ValueError(f"BatchLoader: num_workers must be >= 0, got {num_workers}")
+            raise InputError(f"BatchLoader: num_workers must be >= 0, got {num_workers}")
         if len(split) == 0:
-            raise ValueError("BatchLoader: the split is empty")
+            raise InputError("BatchLoader: the split is empty")
         self.split, self.batch_size, self.shuffle, self.drop_last = split, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["DATASETS", "DataBundle", "DatasetSpec", "Split"]
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagefolder")
@@ -39,15 +41,15 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"DatasetSpec({self.name}): mean and std need {self.in_chans} values "
+            raise InputError(f"DatasetSpec({self.name}): mean and std need {self.in_chans} values "
                              f"(in_chans), got {len(self.mean)} and {len(self.std)}")
         if min(self.std) <= 0:
-            raise ValueError(f"DatasetSpec({self.name}): std must be positive, got {self.std}")
+            raise InputError(f"DatasetSpec({self.name}): std must be positive, got {self.std}")
         if len(self.classes) != self.num_classes:
-            raise ValueError(f"DatasetSpec({self.name}): {self.num_classes} classes but {len(self.classes)} "
+            raise InputError(f"DatasetSpec({self.name}): {self.num_classes} classes but {len(self.classes)} "
                              "class names")
         if self.crop_padding < 0:
-            raise ValueError(f"DatasetSpec({self.name}): crop_padding must be >= 0, got {self.crop_padding}")
+            raise InputError(f"DatasetSpec({self.name}): crop_padding must be >= 0, got {self.crop_padding}")
 
 
 @dataclass(eq=False)  # holds tensors: compared by identity
@@ -68,16 +70,16 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
-            raise ValueError(f"Split: labels must be a 1-d int64 tensor, got {self.labels.dtype} of shape "
+            raise InputError(f"Split: labels must be a 1-d int64 tensor, got {self.labels.dtype} of shape "
                              f"{tuple(self.labels.shape)}")
         if self.images is None:
             if self.dataset is None:
-                raise ValueError("Split: needs images or a dataset, got neither")
+                raise InputError("Split: needs images or a dataset, got neither")
             if len(self.dataset) != len(self.labels):  # type: ignore[arg-type]
-                raise ValueError(f"Split: dataset has {len(self.dataset)} items but "  # type: ignore[arg-type]
+                raise InputError(f"Split: dataset has {len(self.dataset)} items but "  # type: ignore[arg-type]
                                  f"{len(self.labels)} labels")
         elif self.images.dim() != 4 or self.images.shape[0] != self.labels.shape[0]:
-            raise ValueError(f"Split: images must be (N, C, H, W) with N = {len(self.labels)} labels, got "
+            raise InputError(f"Split: images must be (N, C, H, W) with N = {len(self.labels)} labels, got "
                              f"{tuple(self.images.shape)}")
 
     def __len__(self) -> int:

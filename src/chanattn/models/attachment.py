@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule
 from .placement import AttnAfter, AttnPlan, AttnSpec, stage_end_flags
 
@@ -220,7 +221,7 @@ def _into_block(model: nn.Module, block: _Block, module: nn.Module) -> Insertion
     slot = block.kind.slot
     if getattr(block.module, slot, None) is not None:
         have = type(getattr(block.module, slot)).__name__
-        raise ValueError(f"attach: block {block.name} ({type(block.module).__name__}) already has an "
+        raise InputError(f"attach: block {block.name} ({type(block.module).__name__}) already has an "
                          f"attention module in its {slot!r} slot ({have}); attach does not add a second")
     if block.kind.subclass is not None:
         block.module.__class__ = _subclass(block.kind.subclass)
@@ -235,7 +236,7 @@ def _after(model: nn.Module, name: str, target: nn.Module, module: nn.Module, ch
         target.append(module)
     else:
         if not name:
-            raise ValueError("attach: the model itself cannot be a target; name one of its modules")
+            raise InputError("attach: the model itself cannot be a target; name one of its modules")
         parent_name, child = _split(name)
         parent = model.get_submodule(parent_name)
         setattr(parent, child, AttnAfter(target, module))
@@ -266,7 +267,7 @@ def _infer_channels(name: str, module: nn.Module) -> int:
             value = getattr(m, attr, None)
             if isinstance(value, int) and value > 0:
                 return value
-    raise ValueError(f"attach: cannot tell the output channels of target {name!r} "
+    raise InputError(f"attach: cannot tell the output channels of target {name!r} "
                      f"({type(module).__name__}); target a norm, convolution or block")
 
 
@@ -280,11 +281,11 @@ def _resolve_targets(model: nn.Module, targets) -> list[tuple[str, nn.Module]]:
             if not isinstance(n, str) or n not in modules or not n:
                 close = difflib.get_close_matches(str(n), [k for k in modules if k], n=5, cutoff=0.6)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(f"attach: the model has no module named {n!r}{hint}")
+                raise InputError(f"attach: the model has no module named {n!r}{hint}")
         wanted = set(names)
         chosen = [(n, m) for n, m in modules.items() if n in wanted]
     if not chosen:
-        raise ValueError(f"attach: targets={targets!r} chose no module of the model")
+        raise InputError(f"attach: targets={targets!r} chose no module of the model")
     return chosen
 
 
@@ -355,15 +356,15 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
         'layer1.0.attn: SqueezeExcite(64) block layer1.0'
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"attach: model must be an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"attach: model must be an nn.Module, got {type(model).__name__}")
     plan = AttnPlan(name, kwargs, owner="attach")
     if plan.replaces_conv:
-        raise ValueError("attach: 'sk' replaces the blocks' 3x3 convolutions, so attaching it would drop "
+        raise InputError("attach: 'sk' replaces the blocks' 3x3 convolutions, so attaching it would drop "
                          "their weights; build the model with create_model(arch, attn='sk') instead")
     existing = _existing_attention(model)
     if existing:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
-        raise ValueError(f"attach: the model already has chanattn attention modules ({shown}); attach "
+        raise InputError(f"attach: the model already has chanattn attention modules ({shown}); attach "
                          "inserts once, not a second module per block")
     report: list[Insertion] = []
     if targets is not None:
@@ -382,7 +383,7 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
 
     blocks = _blocks(model)
     if not blocks:
-        raise ValueError(f"attach: {type(model).__name__} has no residual block that attach knows "
+        raise InputError(f"attach: {type(model).__name__} has no residual block that attach knows "
                          f"(it knows {_KNOWN_NAMES}); module types found: {_module_types(model)}; "
                          "pass targets= (module names or a predicate) to choose the places")
     stages = _stages(blocks)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 from .resnet import BasicBlock, conv1x1, make_resnet_stage
@@ -33,7 +34,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(f"ZeroPadShortcut: out_channels must be >= in_channels={in_channels}, "
+            raise InputError(f"ZeroPadShortcut: out_channels must be >= in_channels={in_channels}, "
                              f"got {out_channels}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
@@ -86,12 +87,12 @@ class CifarResNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"{owner}: depth must be 6n + 2 with n >= 1 (8, 20, 32, 44, 56, 110), "
+            raise InputError(f"{owner}: depth must be 6n + 2 with n >= 1 (8, 20, 32, 44, 56, 110), "
                              f"got {depth!r}")
         if shortcut not in SHORTCUTS:
-            raise ValueError(f"{owner}: shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+            raise InputError(f"{owner}: shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
         if len(widths) != 3:
-            raise ValueError(f"{owner}: widths must give 3 stage widths, got {widths!r}")
+            raise InputError(f"{owner}: widths must give 3 stage widths, got {widths!r}")
         n = (depth - 2) // 6
         plan = AttnPlan(attn, attn_kwargs, owner=owner)
         self.depth = depth

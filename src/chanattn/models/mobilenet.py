@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..layers import make_divisible
 from .placement import AttnAfter, AttnPlan, AttnSpec, init_backbone_, stage_end_flags
 from .registry import register_model
@@ -106,9 +107,9 @@ class MobileNetV2(nn.Module):
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
-            raise ValueError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
+            raise InputError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
         if not (isinstance(width_mult, (int, float)) and width_mult > 0):
-            raise ValueError(f"{owner}: width_mult must be a positive number, got {width_mult!r}")
+            raise InputError(f"{owner}: width_mult must be a positive number, got {width_mult!r}")
         plan = AttnPlan(attn, attn_kwargs, owner=owner)
         sk_conv = None
         if plan.replaces_conv:

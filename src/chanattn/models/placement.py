@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from ..registry import create, resolve_name
 
 __all__ = [
@@ -70,14 +71,14 @@ class AttnPlan:
     def __init__(self, attn: AttnSpec = None, attn_kwargs: dict | None = None, *,
                  owner: str = "create_model") -> None:
         if attn_kwargs is not None and not isinstance(attn_kwargs, dict):
-            raise TypeError(f"{owner}: attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
+            raise InputTypeError(f"{owner}: attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
         self.kwargs = dict(attn_kwargs or {})
         self.owner = owner
         #: every module this plan built (the backbone's initialisation leaves them alone)
         self.created: list[nn.Module] = []
         if attn is None:
             if self.kwargs:
-                raise ValueError(f"{owner}: attn_kwargs {sorted(self.kwargs)} given without attn")
+                raise InputError(f"{owner}: attn_kwargs {sorted(self.kwargs)} given without attn")
             self.name, self.factory, self.placement = None, None, "none"
         elif isinstance(attn, str):
             self.name = resolve_name(attn)
@@ -86,7 +87,7 @@ class AttnPlan:
         elif callable(attn):
             self.name, self.factory, self.placement = None, attn, "block"
         else:
-            raise TypeError(f"{owner}: attn must be a module name, a callable or None, got {attn!r}")
+            raise InputTypeError(f"{owner}: attn must be a module name, a callable or None, got {attn!r}")
 
     def __repr__(self) -> str:
         what = self.name or getattr(self.factory, "__name__", repr(self.factory))
@@ -102,7 +103,7 @@ class AttnPlan:
         if self.factory is not None:
             module = self.factory(channels, **self.kwargs)
             if not isinstance(module, nn.Module):
-                raise TypeError(f"{self.owner}: the attn callable returned {type(module).__name__}, "
+                raise InputTypeError(f"{self.owner}: the attn callable returned {type(module).__name__}, "
                                 "expected an nn.Module")
         else:
             module = create(self.name, channels, **self.kwargs)
@@ -180,14 +181,14 @@ def make_pool(head: str, channels: int, head_kwargs: dict | None = None, *, owne
     """
     if head == "avg":
         if head_kwargs:
-            raise ValueError(f"{owner}: head='avg' takes no head_kwargs, got {sorted(head_kwargs)}")
+            raise InputError(f"{owner}: head='avg' takes no head_kwargs, got {sorted(head_kwargs)}")
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), channels
     if head == "gsop":
         from ..modules.gsop import GSoPHead
 
         pool = GSoPHead(channels, **(head_kwargs or {}))
         return pool, pool.out_features
-    raise ValueError(f"{owner}: head must be 'avg' or 'gsop', got {head!r}")
+    raise InputError(f"{owner}: head must be 'avg' or 'gsop', got {head!r}")
 
 
 def init_backbone_(model: nn.Module, keep: Iterable[nn.Module] = ()) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 from .resnet import ConvFactory, conv3x3
@@ -72,10 +73,10 @@ class PlainCNN(nn.Module):
         super().__init__()
         owner = type(self).__name__
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"{owner}: widths must be positive ints, got {widths!r}")
+            raise InputError(f"{owner}: widths must be positive ints, got {widths!r}")
         n = layers_per_stage
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{owner}: layers_per_stage must be a positive int, got {layers_per_stage!r}")
+            raise InputError(f"{owner}: layers_per_stage must be a positive int, got {layers_per_stage!r}")
         plan = AttnPlan(attn, attn_kwargs, owner=owner)
         sk_conv = plan.conv3x3 if plan.replaces_conv else None
         strides = [1] + [2] * (len(widths) - 1)  # each later stage starts after a 2x2 pooling

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import InputError
 from ..registry import normalize_name, unknown_name_error
 from .placement import AttnSpec
 
@@ -47,11 +48,11 @@ def register_model(name: str, *, family: str, description: str,
                    input_size: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10):
     """Decorator that registers a factory ``f(*, attn, attn_kwargs, num_classes, **options)``."""
     if family not in FAMILIES:
-        raise ValueError(f"register_model({name!r}): family must be one of {FAMILIES}, got {family!r}")
+        raise InputError(f"register_model({name!r}): family must be one of {FAMILIES}, got {family!r}")
 
     def decorator(factory):
         if name in _MODELS:
-            raise ValueError(f"register_model({name!r}): the name is already registered")
+            raise InputError(f"register_model({name!r}): the name is already registered")
         _MODELS[name] = ModelInfo(name, family, description, tuple(input_size), num_classes, factory)
         return factory
 
@@ -85,7 +86,7 @@ def list_models(family: str | None = None) -> list[str]:
     of one ``family`` (:data:`FAMILIES`)."""
     _ensure_loaded()
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"list_models: family must be one of {FAMILIES}, got {family!r}")
+        raise InputError(f"list_models: family must be one of {FAMILIES}, got {family!r}")
     return sorted((n for n, info in _MODELS.items() if family is None or info.family == family), key=_natural)
 
 
@@ -116,11 +117,11 @@ def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = Non
     if num_classes is None:
         num_classes = info.num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"create_model({arch!r}): num_classes must be a positive int, got {num_classes!r}")
+        raise InputError(f"create_model({arch!r}): num_classes must be a positive int, got {num_classes!r}")
     signature = inspect.signature(info.factory)
     options = sorted(p for p in signature.parameters if p not in ("attn", "attn_kwargs", "num_classes"))
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise ValueError(f"create_model({arch!r}): unknown option(s) {', '.join(unknown)} "
+        raise InputError(f"create_model({arch!r}): unknown option(s) {', '.join(unknown)} "
                          f"(the options of {arch}: {', '.join(options)})")
     return info.factory(attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes, **kwargs)

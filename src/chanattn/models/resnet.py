@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 
@@ -60,7 +61,7 @@ class BasicBlock(nn.Module):
                  attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError(f"BasicBlock supports only groups=1 and base_width=64, got "
+            raise InputError(f"BasicBlock supports only groups=1 and base_width=64, got "
                              f"groups={groups}, base_width={base_width}")
         if sk_conv is None:
             self.conv1 = conv3x3(in_channels, planes, stride)
@@ -196,7 +197,7 @@ class ResNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
-            raise ValueError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
+            raise InputError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
         plan = AttnPlan(attn, attn_kwargs, owner=owner)
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 from .resnet import ConvFactory, conv1x1, conv3x3
@@ -83,11 +84,11 @@ class WideResNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"{owner}: depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got {depth!r}")
+            raise InputError(f"{owner}: depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got {depth!r}")
         if isinstance(widen_factor, bool) or not isinstance(widen_factor, int) or widen_factor < 1:
-            raise ValueError(f"{owner}: widen_factor must be a positive int, got {widen_factor!r}")
+            raise InputError(f"{owner}: widen_factor must be a positive int, got {widen_factor!r}")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+            raise InputError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
         n = (depth - 4) // 6
         plan = AttnPlan(attn, attn_kwargs, owner=owner)
         sk_conv = plan.conv3x3 if plan.replaces_conv else None

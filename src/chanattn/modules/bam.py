@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..recompute import recompute_applies
 from ..registry import register
@@ -17,7 +18,7 @@ _FUSIONS = ("mul", "sum")
 
 @register("bam", title="Bottleneck Attention Module",
           paper="BAM: Bottleneck Attention Module (BMVC 2018, arXiv:1807.06514)",
-          year=2018, kind="hybrid", seed="004 s5")
+          year=2018, kind="hybrid")
 class BottleneckAttention(AttentionModule):
     """y = x * (1 + sigmoid(Mc(x) ∘ Ms(x))), Mc of shape (B, C, 1, 1), Ms of shape (B, 1, H, W).
 
@@ -54,10 +55,10 @@ class BottleneckAttention(AttentionModule):
         super().__init__(channels)
         owner = type(self).__name__
         if fusion not in _FUSIONS:
-            raise ValueError(f"{owner}: fusion must be one of {_FUSIONS}, got {fusion!r}")
+            raise InputError(f"{owner}: fusion must be one of {_FUSIONS}, got {fusion!r}")
         check_positive_int(dilation, "dilation", owner)
         if isinstance(num_dilated, bool) or not isinstance(num_dilated, int) or num_dilated < 0:
-            raise ValueError(f"{owner}: num_dilated must be an int >= 0, got {num_dilated!r}")
+            raise InputError(f"{owner}: num_dilated must be an int >= 0, got {num_dilated!r}")
         hidden = reduced_channels(channels, rd_ratio, rd_channels, owner=owner)
         self.rd_channels = hidden
         self.fusion = fusion

@@ -83,7 +83,7 @@ class _OuterGate(torch.autograd.Function):
 
 
 @register("bilinear", title="Bilinear attention (attention-in-attention)", paper=_PAPER, year=2019,
-          kind="hybrid", seed="001 Billinear attention")
+          kind="hybrid")
 class BilinearAttention(AttentionModule):
     """y = x * sigmoid(omega(GAP(x~)) * varphi(x~)), x~ = Vec(Utri(phi(x) phi(x)^T)) per position.
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..errors import InputError
 from ..layers import (
     AttentionModule,
     LayerSpec,
@@ -102,14 +103,14 @@ def _pair(size, owner: str) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
-        raise ValueError(f"{owner}: spatial_size must be an int or a pair (H, W), got {size!r}")
+        raise InputError(f"{owner}: spatial_size must be an int or a pair (H, W), got {size!r}")
     return (check_positive_int(size[0], "spatial_size[0]", owner),
             check_positive_int(size[1], "spatial_size[1]", owner))
 
 
 @register("c3", title="Cross-channel Communication block",
           paper="Cross-channel Communication Networks (NeurIPS 2019)",
-          year=2019, kind="communication", seed="002")
+          year=2019, kind="communication")
 class CrossChannelCommunication(AttentionModule):
     """y = ReLU(x + dec(sum_i softmax_i(-(m_i - m_j)^2) f_i)_j), f_i = enc(x_i), m_i = mean(f_i).
 
@@ -172,11 +173,11 @@ class CrossChannelCommunication(AttentionModule):
             groups = largest_divisor_at_most(channels, max(1, channels // 512))
         check_positive_int(groups, "groups", owner)
         if channels % groups:
-            raise ValueError(f"{owner}: groups must divide channels={channels}, got groups={groups}")
+            raise InputError(f"{owner}: groups must divide channels={channels}, got groups={groups}")
         if distance not in _DISTANCES:
-            raise ValueError(f"{owner}: distance must be one of {_DISTANCES}, got {distance!r}")
+            raise InputError(f"{owner}: distance must be one of {_DISTANCES}, got {distance!r}")
         if resample not in _RESAMPLES:
-            raise ValueError(f"{owner}: resample must be one of {_RESAMPLES}, got {resample!r}")
+            raise InputError(f"{owner}: resample must be one of {_RESAMPLES}, got {resample!r}")
         self.groups = groups
         self.distance = distance
         self.resample = resample

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..functional import (
     apply_spatial_gate,
     avg_max_pool_channels,
@@ -27,7 +28,7 @@ _PAPER = "CBAM: Convolutional Block Attention Module (ECCV 2018, arXiv:1807.0652
 
 
 @register("cbam_channel", title="CBAM channel attention", paper=_PAPER, year=2018,
-          kind="channel", seed="004 s4")
+          kind="channel")
 class CBAMChannelAttention(SqueezeExcite):
     """y = x * sigmoid(MLP(GAP(x)) + MLP(GMP(x))), one MLP C -> C/r -> C shared by both poolings.
 
@@ -96,7 +97,7 @@ class CBAMChannelAttention(SqueezeExcite):
 
 
 @register("cbam_spatial", title="CBAM spatial attention", paper=_PAPER, year=2018,
-          kind="spatial", seed="004 s4")
+          kind="spatial")
 class CBAMSpatialAttention(AttentionModule):
     """y = x * sigmoid(BN(conv7x7([mean_c(x); max_c(x)]))): one factor per position.
 
@@ -125,7 +126,7 @@ class CBAMSpatialAttention(AttentionModule):
         owner = type(self).__name__
         check_positive_int(kernel_size, "kernel_size", owner)
         if kernel_size % 2 == 0:
-            raise ValueError(f"{owner}: kernel_size must be odd, got {kernel_size}")
+            raise InputError(f"{owner}: kernel_size must be odd, got {kernel_size}")
         self.kernel_size = kernel_size
         self.norm = norm
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
@@ -175,7 +176,7 @@ class CBAMSpatialAttention(AttentionModule):
         return f"channels={self.channels}, kernel_size={self.kernel_size}, norm={self.norm}"
 
 
-@register("cbam", title="CBAM", paper=_PAPER, year=2018, kind="hybrid", seed="004 s4")
+@register("cbam", title="CBAM", paper=_PAPER, year=2018, kind="hybrid")
 class CBAM(AttentionModule):
     """y = S(C(x)): channel attention, then spatial attention on its output.
 

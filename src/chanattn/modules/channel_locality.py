@@ -16,7 +16,7 @@ __all__ = ["ChannelLocalityBlock"]
 @register("clocal", title="Channel Locality (C-Local) block",
           paper="Channel Locality Block: A Variant of Squeeze-and-Excitation (arXiv 2019, "
                 "arXiv:1901.01493)",
-          year=2019, kind="channel", seed="000")
+          year=2019, kind="channel")
 class ChannelLocalityBlock(AttentionModule):
     """y = x * sigmoid(conv_{1 x k}(relu(conv_{2 x 1}([GAP(x); GMP(x)])))), over the channel axis.
 

@@ -14,6 +14,8 @@ import contextlib
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["covariance_pool", "sqrtm_newton_schulz", "triu_vectorize"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -54,10 +56,10 @@ def covariance_pool(x: torch.Tensor, correction: int = 0) -> torch.Tensor:
         (B, C, C), symmetric positive semi-definite.
     """
     if x.dim() not in (3, 4):
-        raise ValueError(f"covariance_pool: expected a (B, C, H, W) or (B, C, N) tensor, got shape "
+        raise InputError(f"covariance_pool: expected a (B, C, H, W) or (B, C, N) tensor, got shape "
                          f"{tuple(x.shape)}")
     if isinstance(correction, bool) or not isinstance(correction, int) or correction < 0:
-        raise ValueError(f"covariance_pool: correction must be an int >= 0, got {correction!r}")
+        raise InputError(f"covariance_pool: correction must be an int >= 0, got {correction!r}")
     with _no_autocast(x.device):
         f = _working(x).flatten(2)  # (B, C, N)
         n = f.shape[-1]
@@ -97,9 +99,9 @@ def sqrtm_newton_schulz(a: torch.Tensor, num_iters: int = 5, eps: float = 1e-8) 
         (..., n, n), in the dtype of ``a``.
     """
     if a.dim() < 2 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"sqrtm_newton_schulz: expected (..., n, n) matrices, got shape {tuple(a.shape)}")
+        raise InputError(f"sqrtm_newton_schulz: expected (..., n, n) matrices, got shape {tuple(a.shape)}")
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f"sqrtm_newton_schulz: num_iters must be a positive int, got {num_iters!r}")
+        raise InputError(f"sqrtm_newton_schulz: num_iters must be a positive int, got {num_iters!r}")
     with _no_autocast(a.device):
         m = _working(a)
         n = m.shape[-1]
@@ -127,7 +129,7 @@ def triu_vectorize(m: torch.Tensor) -> torch.Tensor:
         (..., n * (n + 1) / 2): m[i, j] for i <= j in row-major order.
     """
     if m.dim() < 2 or m.shape[-1] != m.shape[-2]:
-        raise ValueError(f"triu_vectorize: expected (..., n, n) matrices, got shape {tuple(m.shape)}")
+        raise InputError(f"triu_vectorize: expected (..., n, n) matrices, got shape {tuple(m.shape)}")
     n = m.shape[-1]
     rows, cols = torch.triu_indices(n, n, device=m.device)
     return m[..., rows, cols]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..registry import register
 
@@ -104,7 +105,7 @@ class DIAStageState:
 
 @register("dia", title="Dense-and-Implicit Attention",
           paper="DIANet: Dense-and-Implicit Attention Network (AAAI 2020, arXiv:1905.10671)",
-          year=2020, kind="channel", seed="001 DIANet")
+          year=2020, kind="channel")
 class DenseImplicitAttention(AttentionModule):
     """y = x * h_t, (h_t, c_t) = cell(GAP(x), (h_{t-1}, c_{t-1})), t = this block's index in its stage.
 
@@ -148,15 +149,15 @@ class DenseImplicitAttention(AttentionModule):
         if cell is None:
             cell = DIALSTMCell(channels, rd_ratio, rd_channels, act_layer)
         elif not isinstance(cell, DIALSTMCell):
-            raise TypeError(f"{owner}: cell must be a DIALSTMCell, got {type(cell).__name__}")
+            raise InputTypeError(f"{owner}: cell must be a DIALSTMCell, got {type(cell).__name__}")
         elif cell.channels != channels:
-            raise ValueError(f"{owner}: the cell has {cell.channels} channels, expected {channels}")
+            raise InputError(f"{owner}: the cell has {cell.channels} channels, expected {channels}")
         if state is None:
             state = DIAStageState(1)
         elif not isinstance(state, DIAStageState):
-            raise TypeError(f"{owner}: state must be a DIAStageState, got {type(state).__name__}")
+            raise InputTypeError(f"{owner}: state must be a DIAStageState, got {type(state).__name__}")
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < state.num_blocks:
-            raise ValueError(
+            raise InputError(
                 f"{owner}: index must be an int in [0, {state.num_blocks}) for a stage of "
                 f"{state.num_blocks} blocks, got {index!r}"
             )

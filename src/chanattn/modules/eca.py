@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..functional import conv1d_channels
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
 from ..registry import register
@@ -27,7 +28,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
 @register("eca", title="Efficient Channel Attention",
           paper="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks "
                 "(CVPR 2020, arXiv:1910.03151)",
-          year=2020, kind="channel", seed="004 s3; 001 ECANet")
+          year=2020, kind="channel")
 class EfficientChannelAttention(AttentionModule):
     """y = x * sigmoid(conv1d_k(GAP(x))): a 1-D convolution over the channel axis, no bias.
 
@@ -53,7 +54,7 @@ class EfficientChannelAttention(AttentionModule):
             kernel_size = eca_kernel_size(channels, gamma, beta)
         check_positive_int(kernel_size, "kernel_size", owner)
         if kernel_size % 2 == 0:
-            raise ValueError(f"{owner}: kernel_size must be odd, got {kernel_size}")
+            raise InputError(f"{owner}: kernel_size must be odd, got {kernel_size}")
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
         self.gate = create_act(gate_layer, owner=owner)

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
 from ..recompute import conv_bn_relu, conv_bn_relu_applies, recompute_applies
 from ..registry import register
@@ -72,7 +73,7 @@ class Encoding(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}(channels={self.channels}) expects a (B, {self.channels}, "
                 f"H, W) input, got shape {tuple(x.shape)}"
             )
@@ -99,7 +100,7 @@ class Encoding(nn.Module):
 
 @register("encnet", title="Context Encoding Module",
           paper="Context Encoding for Semantic Segmentation (CVPR 2018, arXiv:1803.08904)",
-          year=2018, kind="channel", seed="001 EncNet")
+          year=2018, kind="channel")
 class ContextEncoding(AttentionModule):
     """y = relu(x + x * gamma), gamma = sigmoid(W mean_k ReLU(BN(Enc(ReLU(BN(conv1x1(x)))))) + b).
 
@@ -209,7 +210,7 @@ class ContextEncoding(AttentionModule):
             ValueError: the module was built without ``num_classes``.
         """
         if self.se_head is None:
-            raise ValueError(
+            raise InputError(
                 f"{self._label()} has no SE-loss head: build it with num_classes=<int>, got "
                 "num_classes=None"
             )
@@ -285,7 +286,7 @@ def se_loss_targets(target: torch.Tensor, num_classes: int, ignore_index: int = 
     """
     check_positive_int(num_classes, "num_classes", "se_loss_targets")
     if target.is_floating_point() or target.is_complex():
-        raise TypeError(f"se_loss_targets: target must hold integer labels, got dtype {target.dtype}")
+        raise InputTypeError(f"se_loss_targets: target must hold integer labels, got dtype {target.dtype}")
     flat = target.reshape(target.shape[0], -1).long()  # (B, H*W)
     valid = (flat >= 0) & (flat < num_classes) & (flat != ignore_index)
     idx = torch.where(valid, flat, torch.full_like(flat, num_classes))  # invalid -> a spare bin

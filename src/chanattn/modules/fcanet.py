@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..registry import register
 
@@ -50,7 +51,7 @@ def frequency_indices(freq_sel: str | Sequence[tuple[int, int]], dct_h: int = 7,
     """
     if isinstance(freq_sel, str):
         if freq_sel not in FREQ_TABLES:
-            raise ValueError(
+            raise InputError(
                 f"{owner}: unknown frequency selection {freq_sel!r}; expected one of "
                 f"{', '.join(FREQ_TABLES)} or a sequence of (u, v) pairs"
             )
@@ -58,12 +59,12 @@ def frequency_indices(freq_sel: str | Sequence[tuple[int, int]], dct_h: int = 7,
     else:
         pairs = [tuple(p) for p in freq_sel]
         if not pairs or any(len(p) != 2 for p in pairs):
-            raise ValueError(f"{owner}: freq_sel must be a non-empty sequence of (u, v) pairs, "
+            raise InputError(f"{owner}: freq_sel must be a non-empty sequence of (u, v) pairs, "
                              f"got {freq_sel!r}")
         for u, v in pairs:
             if not (isinstance(u, int) and isinstance(v, int) and 0 <= u < TABLE_GRID
                     and 0 <= v < TABLE_GRID):
-                raise ValueError(f"{owner}: a frequency (u, v) must be ints in [0, {TABLE_GRID}) "
+                raise InputError(f"{owner}: a frequency (u, v) must be ints in [0, {TABLE_GRID}) "
                                  f"on the 7 x 7 grid, got {(u, v)!r}")
     sh, sw = dct_h // TABLE_GRID, dct_w // TABLE_GRID
     return [(u * sh, v * sw) for u, v in pairs]
@@ -78,7 +79,7 @@ def dct_basis_1d(freq: int, size: int) -> list[float]:
 
 @register("fca", title="Multi-spectral channel attention (FcaNet)",
           paper="FcaNet: Frequency Channel Attention Networks (ICCV 2021, arXiv:2012.11879)",
-          year=2021, kind="channel", seed="001 FcaNet")
+          year=2021, kind="channel")
 class FrequencyChannelAttention(AttentionModule):
     """y = x * sigmoid(W2 relu(W1 [sum_{h,w} x_c B_{g(c)}(h, w)]_c)): SE on multi-spectral pooling.
 
@@ -120,14 +121,14 @@ class FrequencyChannelAttention(AttentionModule):
         check_positive_int(dct_h, "dct_h", owner)
         check_positive_int(dct_w, "dct_w", owner)
         if dct_h < TABLE_GRID or dct_w < TABLE_GRID:
-            raise ValueError(
+            raise InputError(
                 f"{owner}: dct_h and dct_w must be >= {TABLE_GRID} (the frequency tables are "
                 f"given on a 7 x 7 grid and scaled by dct_h // 7), got {dct_h} x {dct_w}"
             )
         freqs = frequency_indices(freq_sel, dct_h, dct_w, owner=owner)
         n = len(freqs)
         if channels % n:
-            raise ValueError(
+            raise InputError(
                 f"{owner}: channels must be a multiple of the number of frequencies "
                 f"({n} for freq_sel={freq_sel!r}), got {channels}"
             )

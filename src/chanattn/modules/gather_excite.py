@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, create_act, reduced_channels
 from ..registry import register
 
@@ -60,7 +61,7 @@ class GatherExcite(AttentionModule):
         super().__init__(channels)
         owner = type(self).__name__
         if isinstance(extent, bool) or not isinstance(extent, int) or extent < 0:
-            raise ValueError(f"{owner}: extent must be an int >= 0 (0 = global), got {extent!r}")
+            raise InputError(f"{owner}: extent must be an int >= 0 (0 = global), got {extent!r}")
         self.extent = extent
         self.parametric_gather = parametric_gather
         self.spatial_size = _pair(spatial_size)
@@ -69,7 +70,7 @@ class GatherExcite(AttentionModule):
         if parametric_gather:
             if extent == 0:
                 if self.spatial_size is None or min(self.spatial_size) < 1:
-                    raise ValueError(
+                    raise InputError(
                         f"{owner}: a global extent with a parametric gather needs "
                         f"spatial_size=(H, W) of the input, got {spatial_size!r}"
                     )
@@ -80,7 +81,7 @@ class GatherExcite(AttentionModule):
             else:
                 steps = round(math.log2(extent)) if extent >= 2 else -1
                 if steps < 1 or 2 ** steps != extent:
-                    raise ValueError(
+                    raise InputError(
                         f"{owner}: with a parametric gather, extent must be 0 or a power of two "
                         f">= 2, got {extent}"
                     )
@@ -114,7 +115,7 @@ class GatherExcite(AttentionModule):
             return F.avg_pool2d(x, 2 * e - 1, stride=e, padding=e - 1, count_include_pad=False)
         if e == 0:
             if self.spatial_size is not None and (h, w) != self.spatial_size:
-                raise ValueError(
+                raise InputError(
                     f"{self._label()} has a global parametric gather built for inputs of "
                     f"H x W = {self.spatial_size[0]} x {self.spatial_size[1]}, got {h} x {w}"
                 )
@@ -137,8 +138,7 @@ class GatherExcite(AttentionModule):
         return f"channels={self.channels}, extent={self.extent}{size}"
 
 
-@register("ge_theta_minus", title="Gather-Excite θ-", paper=_PAPER, year=2018, kind="hybrid",
-          seed="004 s6")
+@register("ge_theta_minus", title="Gather-Excite θ-", paper=_PAPER, year=2018, kind="hybrid")
 class GatherExciteThetaMinus(GatherExcite):
     """GE-θ-: no parameters; y = x * sigmoid(upsample(avgpool_e(x))).
 
@@ -150,8 +150,7 @@ class GatherExciteThetaMinus(GatherExcite):
         super().__init__(channels, extent=extent, gate_layer=gate_layer)
 
 
-@register("ge_theta", title="Gather-Excite θ", paper=_PAPER, year=2018, kind="hybrid",
-          seed="004 s6")
+@register("ge_theta", title="Gather-Excite θ", paper=_PAPER, year=2018, kind="hybrid")
 class GatherExciteTheta(GatherExcite):
     """GE-θ: a gather of depthwise strided convolutions; y = x * sigmoid(upsample(gather(x))).
 
@@ -166,8 +165,7 @@ class GatherExciteTheta(GatherExcite):
                          spatial_size=spatial_size, act_layer=act_layer, gate_layer=gate_layer)
 
 
-@register("ge_theta_plus", title="Gather-Excite θ+", paper=_PAPER, year=2018, kind="hybrid",
-          seed="004 s6")
+@register("ge_theta_plus", title="Gather-Excite θ+", paper=_PAPER, year=2018, kind="hybrid")
 class GatherExciteThetaPlus(GatherExcite):
     """GE-θ+: GE-θ's gather and an SE-style excite (1x1 convs C -> C/16 -> C, with bias) before
     the upsampling. Default extent 8, as :class:`GatherExciteTheta`."""

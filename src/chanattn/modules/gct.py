@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..layers import AttentionModule
 from ..registry import register
 
@@ -16,7 +17,7 @@ _MODES = ("l2", "l1")
 
 @register("gct", title="Gated Channel Transformation",
           paper="Gated Channel Transformation for Visual Recognition (CVPR 2020, arXiv:1909.11519)",
-          year=2020, kind="channel", seed="001 GCT")
+          year=2020, kind="channel")
 class GCT(AttentionModule):
     """y = x * (1 + tanh(s_c * gamma_c / ||s||_CN + beta_c)), s_c = alpha_c * ||x_c||_p.
 
@@ -45,9 +46,9 @@ class GCT(AttentionModule):
         super().__init__(channels)
         owner = type(self).__name__
         if mode not in _MODES:
-            raise ValueError(f"{owner}: mode must be one of {_MODES}, got {mode!r}")
+            raise InputError(f"{owner}: mode must be one of {_MODES}, got {mode!r}")
         if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"{owner}: eps must be a positive number, got {eps!r}")
+            raise InputError(f"{owner}: eps must be a positive number, got {eps!r}")
         self.eps = float(eps)
         self.mode = mode
         self.alpha = nn.Parameter(torch.ones(1, channels, 1, 1))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
 from ..recompute import (
     BNConfig,
@@ -101,7 +102,7 @@ class _ReducedCovariance(torch.autograd.Function):
 
 
 @register("gsop", title="Global Second-order Pooling block", paper=_PAPER, year=2019,
-          kind="channel", seed="001 GSoP-Net")
+          kind="channel")
 class GSoP(AttentionModule):
     """y = x * sigmoid(W RC(RowBN(Cov(ReLU(BN(Conv1x1(ReLU(x)))))))), one factor per channel.
 
@@ -253,7 +254,7 @@ class GSoPHead(nn.Module):
         self.rd_channels = check_positive_int(rd_channels, "rd_channels", owner)
         self.num_iters = check_positive_int(num_iters, "num_iters", owner)
         if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"{owner}: eps must be a positive number, got {eps!r}")
+            raise InputError(f"{owner}: eps must be a positive number, got {eps!r}")
         self.eps = float(eps)
         self.out_features = rd_channels * (rd_channels + 1) // 2
         self.conv_reduce = nn.Conv2d(channels, rd_channels, 1, bias=False)
@@ -263,14 +264,14 @@ class GSoPHead(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         label = f"{type(self).__name__} (channels={self.channels})"
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{label} expects a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"{label} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
-            raise ValueError(f"{label} expects a 4-D input (B, C, H, W), got a {x.dim()}-D tensor "
+            raise InputError(f"{label} expects a 4-D input (B, C, H, W), got a {x.dim()}-D tensor "
                              f"of shape {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise TypeError(f"{label} expects a floating-point input, got dtype {x.dtype}")
+            raise InputTypeError(f"{label} expects a floating-point input, got dtype {x.dtype}")
         if x.shape[1] != self.channels:
-            raise ValueError(f"{label} expects {self.channels} input channels, got {x.shape[1]} "
+            raise InputError(f"{label} expects {self.channels} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ __all__ = ["RCANChannelAttention"]
 @register("rcan_ca", title="RCAN channel attention",
           paper="Image Super-Resolution Using Very Deep Residual Channel Attention Networks "
                 "(ECCV 2018, arXiv:1807.02758)",
-          year=2018, kind="channel", seed="001 RCAN")
+          year=2018, kind="channel")
 class RCANChannelAttention(SqueezeExcite):
     """y = x * sigmoid(conv1x1(relu(conv1x1(GAP(x))))), C -> C/r -> C, convolutions with bias.
 

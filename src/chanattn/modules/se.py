@@ -18,8 +18,7 @@ _ECA_PAPER = ("ECA-Net: Efficient Channel Attention for Deep Convolutional Neura
               "(CVPR 2020, arXiv:1910.03151)")
 
 
-@register("se", title="Squeeze-and-Excitation", paper=_SE_PAPER, year=2018, kind="channel",
-          seed="003; 004 s2; 001 SENet")
+@register("se", title="Squeeze-and-Excitation", paper=_SE_PAPER, year=2018, kind="channel")
 class SqueezeExcite(AttentionModule):
     """y = x * gate(W2 act(W1 GAP(x) + b1) + b2), W1: C -> C/r, W2: C/r -> C.
 
@@ -76,7 +75,7 @@ class SqueezeExcite(AttentionModule):
         return f"channels={self.channels}, rd_channels={self.rd_channels}"
 
 
-@register("se_var1", title="SE-Var-1", paper=_ECA_PAPER, year=2020, kind="channel", seed="004 s3")
+@register("se_var1", title="SE-Var-1", paper=_ECA_PAPER, year=2020, kind="channel")
 class SEVar1(AttentionModule):
     """y = x * sigmoid(GAP(x)): SE with the excitation reduced to the gate; no parameters.
 
@@ -100,7 +99,7 @@ class SEVar1(AttentionModule):
         return self.forward(x)
 
 
-@register("se_var2", title="SE-Var-2", paper=_ECA_PAPER, year=2020, kind="channel", seed="004 s3")
+@register("se_var2", title="SE-Var-2", paper=_ECA_PAPER, year=2020, kind="channel")
 class SEVar2(AttentionModule):
     """y = x * sigmoid(w ⊙ GAP(x)), w in R^C: one weight per channel (a depthwise 1x1 conv).
 
@@ -130,8 +129,7 @@ class SEVar2(AttentionModule):
         return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
 
 
-@register("se_var3", title="SE-Var-3 (eSE)", paper=_ECA_PAPER, year=2020, kind="channel",
-          seed="004 s3", aliases=("ese",))
+@register("se_var3", title="SE-Var-3 (eSE)", paper=_ECA_PAPER, year=2020, kind="channel", aliases=("ese",))
 class SEVar3(AttentionModule):
     """y = x * sigmoid(W GAP(x) + b), W in R^{C x C}: one full layer, no reduction.
 

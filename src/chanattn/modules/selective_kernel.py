@@ -25,7 +25,7 @@ __all__ = ["SelectiveKernel"]
 
 @register("sk", title="Selective Kernel",
           paper="Selective Kernel Networks (CVPR 2019, arXiv:1903.06586)",
-          year=2019, kind="branch", seed="004 s7")
+          year=2019, kind="branch")
 class SelectiveKernel(AttentionModule):
     """V = sum_m a_m ⊙ U_m, a = softmax over branches of FC_m(z), z = ReLU(BN(FC(GAP(sum_m U_m)))).
 

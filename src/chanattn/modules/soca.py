@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from ..functional import eager_fast_path
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..registry import register
@@ -18,8 +19,7 @@ __all__ = ["SoCA"]
 _PAPER = "Second-order Attention Network for Single Image Super-Resolution (CVPR 2019)"
 
 
-@register("soca", title="Second-order Channel Attention", paper=_PAPER, year=2019, kind="channel",
-          seed="001 SoCA")
+@register("soca", title="Second-order Channel Attention", paper=_PAPER, year=2019, kind="channel")
 class SoCA(AttentionModule):
     """y = x * sigmoid(W_U ReLU(W_D z + b_D) + b_U), z_c = mean_j sqrtm(Cov(x))_{cj}.
 
@@ -61,7 +61,7 @@ class SoCA(AttentionModule):
         self.num_iters = check_positive_int(num_iters, "num_iters", owner)
         self.crop_size = None if crop_size is None else check_positive_int(crop_size, "crop_size", owner)
         if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"{owner}: eps must be a positive number, got {eps!r}")
+            raise InputError(f"{owner}: eps must be a positive number, got {eps!r}")
         self.eps = float(eps)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.act = create_act(act_layer, owner=owner)

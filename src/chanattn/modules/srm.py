@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, create_act
 from ..registry import register
 
@@ -15,7 +16,7 @@ __all__ = ["SRM"]
 @register("srm", title="Style-based Recalibration Module",
           paper="SRM: A Style-based Recalibration Module for Convolutional Neural Networks "
                 "(ICCV 2019, arXiv:1903.10829)",
-          year=2019, kind="channel", seed="001 SRM")
+          year=2019, kind="channel")
 class SRM(AttentionModule):
     """y = x * sigmoid(BN(w_c1 * mean_c(x) + w_c2 * std_c(x))), std_c = sqrt(var_c(x) + eps).
 
@@ -51,7 +52,7 @@ class SRM(AttentionModule):
         super().__init__(channels)
         owner = type(self).__name__
         if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"{owner}: eps must be a positive number, got {eps!r}")
+            raise InputError(f"{owner}: eps must be a positive number, got {eps!r}")
         self.eps = float(eps)
         self.unbiased = bool(unbiased)
         # CFC: one (mean, std) weight pair per channel, zero at initialisation.

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import warnings
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
+from ..io import atomic_open
 
 __all__ = ["FORMAT", "atomic_save", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
@@ -31,30 +31,9 @@ VERSION = 1
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save ``obj`` to ``path`` through a temporary file and an atomic rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """torch.save ``obj`` to ``path`` atomically (:func:`chanattn.io.atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep_previous: bool = True) -> None:

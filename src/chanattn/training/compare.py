@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CLIError
+from ..errors import ConfigError
+from ..io import atomic_path, write_json, write_text
 from .config import RUNTIME_FIELDS, TrainConfig
 
 __all__ = ["BASELINE", "measure_latency", "parse_modules", "run_compare", "write_plots"]
@@ -45,7 +46,7 @@ def parse_modules(text: str | list[str]) -> list[str]:
 
     items = text if isinstance(text, list) else [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise CLIError("--modules is empty; give names (se,eca,...) or all")
+        raise ConfigError("--modules is empty; give names (se,eca,...) or all")
     names: list[str] = []
     for item in items:
         if item.lower() == "all":
@@ -132,13 +133,12 @@ def _check_settings(out: str, base: TrainConfig, seeds: list[int], arch: str) ->
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff[:4])
-            raise CLIError(
+            raise ConfigError(
                 f"{out!r} holds a compare with other settings ({shown}); use another --out to "
                 "compare with these settings"
             )
     os.makedirs(out, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"settings": settings, "seeds": seeds, "arch": arch}, f, indent=2)
+    write_json(path, {"settings": settings, "seeds": seeds, "arch": arch})
 
 
 def run_compare(
@@ -164,7 +164,7 @@ def run_compare(
 
     model_info(base.arch)  # unknown arch: the registry's one-line error before anything runs
     if jobs < 1:
-        raise CLIError(f"--jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     names = ([BASELINE] if include_baseline else []) + list(modules)
     _check_settings(out, base, seeds, base.arch)
     data = load_data(base.dataset, base.data_root, download=base.download, image_size=base.image_size)
@@ -276,12 +276,9 @@ def run_compare(
         "torch": torch.__version__,
         "rows": rows,
     }
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(out, "table.csv"), "w", encoding="utf-8", newline="") as f:
-        f.write(table_csv(rows))
-    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(table_markdown(results))
+    write_json(os.path.join(out, "results.json"), results)
+    write_text(os.path.join(out, "table.csv"), table_csv(rows))
+    write_text(os.path.join(out, "table.md"), table_markdown(results))
     if plots:
         write_plots(results, out)
     if errors or unbuildable:
@@ -502,7 +499,8 @@ def write_plots(results: dict, out: str) -> list[str]:
         fig.tight_layout()
         _place_labels(ax, points)
         path = os.path.join(out, fname)
-        fig.savefig(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
         paths.append(path)
     return paths
@@ -510,5 +508,5 @@ def write_plots(results: dict, out: str) -> list[str]:
 
 def seeds_from(count: int, first: int = 0) -> list[int]:
     if count < 1:
-        raise CLIError(f"--seeds must be >= 1, got {count}")
+        raise ConfigError(f"--seeds must be >= 1, got {count}")
     return list(range(first, first + count))

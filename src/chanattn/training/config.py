@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CLIError
+from ..errors import ConfigError
 
 __all__ = [
     "OPTIMIZERS",
@@ -44,67 +44,86 @@ SCHEDULES = ("multistep", "step", "cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
+def _f(default: Any = None, help: str = "", choices: tuple[str, ...] | None = None, *,
+       factory: Any = None) -> Any:
+    """A TrainConfig field with its help text (and allowed values) for the command line."""
+    meta = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on. Defaults: the CIFAR recipe of the references."""
+    """Everything a training run depends on. Defaults: the CIFAR recipe of the references; the
+    command line starts from a recipe (``--recipe``, default chosen from ``--dataset``)."""
 
     # data
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
-    data_root: str | None = None  # where the data set is (or goes, with download)
-    download: bool = False  # download CIFAR when it is not under data_root
-    image_size: int | None = None  # imagefolder: images resized to this (default 32)
+    dataset: str = _f("digits", "digits (embedded), cifar10, cifar100 or imagefolder",
+                      ("digits", "cifar10", "cifar100", "imagefolder"))
+    data_root: str | None = _f(None, "directory of the data set (CIFAR archives, or imagefolder's "
+                                     "train/ and val/); default ~/.cache/chanattn/data")
+    download: bool = _f(False, "download CIFAR into --data-root when it is missing")
+    image_size: int | None = _f(None, "imagefolder: images resized to this side (default 32)")
     # model
-    arch: str = "resnet8"  # chanattn.list_models()
-    attn: str | None = None  # chanattn.list_modules(), or None for the baseline
-    attn_kwargs: dict = field(default_factory=dict)
-    model_kwargs: dict = field(default_factory=dict)  # create_model options (shortcut, stem, ...)
+    arch: str = _f("resnet8", "architecture (chanattn models)")
+    attn: str | None = _f(None, "attention module (chanattn list), or none for the baseline")
+    attn_kwargs: dict = _f(help="module options as JSON or k=v,k=v (e.g. rd_ratio=0.125)", factory=dict)
+    model_kwargs: dict = _f(help="architecture options as JSON or k=v,k=v (e.g. shortcut=pad)",
+                            factory=dict)
     # optimisation
-    epochs: int = 160
-    batch_size: int = 128  # global batch (split over ranks when distributed)
-    eval_batch_size: int = 512
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1  # peak learning rate (for the global batch)
-    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    decay_norm_and_bias: bool = True  # the references decay every parameter; False excludes norms and biases
-    schedule: str = "multistep"  # multistep | step | cosine | constant
-    milestones: list[int] = field(default_factory=lambda: [120, 140])  # epochs (multistep)
-    step_size: int = 30  # epochs (step)
-    gamma: float = 0.1  # lr factor at each milestone / step
-    min_lr: float = 0.0  # cosine floor
-    warmup_epochs: float = 0.0  # linear warm-up from lr * warmup_factor, per iteration
-    warmup_factor: float = 0.1
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None  # max global grad norm
+    epochs: int = _f(160, "epochs of the schedule")
+    batch_size: int = _f(128, "global batch (split over the ranks when distributed)")
+    eval_batch_size: int = _f(512, "batch of the evaluation")
+    optimizer: str = _f("sgd", "the optimiser", OPTIMIZERS)
+    lr: float = _f(0.1, "peak learning rate (for the global batch)")
+    momentum: float = _f(0.9, "SGD momentum (AdamW: beta1)")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(1e-4, "weight decay (the modules' no_weight_decay() parameters skip it)")
+    decay_norm_and_bias: bool = _f(True, "decay norms and biases too, as the references do")
+    schedule: str = _f("multistep", "learning-rate schedule, per iteration", SCHEDULES)
+    milestones: list[int] = _f(help="comma-separated epochs of the multistep schedule",
+                               factory=lambda: [120, 140])
+    step_size: int = _f(30, "epochs between decays of the step schedule")
+    gamma: float = _f(0.1, "lr factor at each milestone or step")
+    min_lr: float = _f(0.0, "floor of the cosine schedule")
+    warmup_epochs: float = _f(0.0, "linear warm-up from lr * warmup_factor, in epochs (fractions allowed)")
+    warmup_factor: float = _f(0.1, "the warm-up's starting factor")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float | None = _f(None, "clip the global gradient norm to this")
     # augmentation (None: the data set's reference augmentation)
-    crop_padding: int | None = None
-    hflip: bool | None = None
+    crop_padding: int | None = _f(None, "zero padding of the random crop (default: the data set's "
+                                        "reference, 4 for CIFAR)")
+    hflip: bool | None = _f(None, "random horizontal flips (default: the data set's reference)")
     # speed
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 | fp16 (fp16 needs CUDA)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    num_workers: int = 0  # data-loader workers (imagefolder on disk only)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = _f("none", "mixed precision (fp16 needs CUDA)", AMP_MODES)
+    channels_last: bool = _f(False, "channels_last memory format")
+    compile: bool = _f(False, "torch.compile the model")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's default)")
+    num_workers: int = _f(0, "data-loader workers (imagefolder on disk only)")
     # reproducibility and bookkeeping
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
-    out: str | None = None  # the run directory
-    log_interval: int = 50  # steps between plain log lines (non-terminal output)
-    progress: str = "auto"  # auto | bar | lines | none
-    stop_after: int | None = None  # stop after this epoch (the schedule still spans `epochs`)
-    recipe: str | None = None  # the preset these values started from (informational)
+    seed: int = _f(0, "seed of weights, batch order and augmentation")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower on CUDA)")
+    out: str | None = _f(None, "the run directory (checkpoints, metrics, config)")
+    log_interval: int = _f(50, "steps between plain log lines (when not on a terminal)")
+    progress: str = _f("auto", "progress display: a bar on a terminal, else lines", PROGRESS_MODES)
+    stop_after: int | None = _f(None, "stop after this epoch (the schedule still spans --epochs; "
+                                      "continue with --resume)")
+    recipe: str | None = _f(None, "the preset these values started from (informational)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def validate(self) -> TrainConfig:
-        """Raise CLIError on values that cannot work, naming the field."""
+        """Raise ConfigError on values that cannot work, naming the field."""
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise CLIError(f"config: {msg}")
+                raise ConfigError(f"config: {msg}")
 
         need(
             isinstance(self.epochs, int) and self.epochs >= 1,
@@ -162,7 +181,7 @@ class TrainConfig:
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")
         need(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads!r}")
         need(
-            self.progress in ("auto", "bar", "lines", "none"),
+            self.progress in PROGRESS_MODES,
             f"progress must be auto, bar, lines or none, got {self.progress!r}",
         )
         need(
@@ -217,7 +236,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON mapping of TrainConfig fields."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CLIError(f"config file {path!r} does not exist")
+        raise ConfigError(f"config file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
@@ -228,14 +247,14 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
-        raise CLIError(
+        raise ConfigError(
             f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise CLIError(f"config file {path!r} must hold a mapping of fields, got {type(data).__name__}")
+        raise ConfigError(f"config file {path!r} must hold a mapping of fields, got {type(data).__name__}")
     return dict(data)
 
 
@@ -249,7 +268,7 @@ def resolve_config(
     values: dict[str, Any] = {}
     if recipe is not None:
         if recipe not in RECIPES:
-            raise CLIError(f"unknown recipe {recipe!r}; the recipes are {', '.join(RECIPES)}")
+            raise ConfigError(f"unknown recipe {recipe!r}; the recipes are {', '.join(RECIPES)}")
         values.update(RECIPES[recipe])
         values["recipe"] = recipe
     for source, data in (
@@ -258,7 +277,7 @@ def resolve_config(
     ):
         unknown = sorted(set(data) - names)
         if unknown:
-            raise CLIError(
+            raise ConfigError(
                 f"{source}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(names))}"
             )
         values.update({k: v for k, v in data.items()})

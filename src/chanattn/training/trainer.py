@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, CLIError
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..io import write_text
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RUNTIME_FIELDS, TrainConfig
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, state_digest
@@ -58,21 +59,17 @@ __all__ = [
 FAULT_ENV = "CHANATTN_FAULT"
 
 
-class TrainingDiverged(CLIError):
-    """The loss became NaN or Inf."""
-
-
 # ----------------------------------------------------------------------------------------- pieces
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise CLIError(f"device {name!r} requested but CUDA is not available on this machine")
+            raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
         if name == "cuda" and info is not None and info.enabled:
             name = f"cuda:{info.local_rank}"
     elif name != "cpu":
-        raise CLIError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return torch.device(name)
 
 
@@ -147,11 +144,11 @@ def _parse_fault() -> tuple[str, int, int] | None:
         kind, where = spec.split("@")
         epoch, step = (int(v) for v in where.split("."))
     except ValueError:
-        raise CLIError(
+        raise ConfigError(
             f"{FAULT_ENV} must look like kill@EPOCH.STEP or nan@EPOCH.STEP, got {spec!r}"
         ) from None
     if kind not in ("kill", "nan"):
-        raise CLIError(f"{FAULT_ENV}: unknown fault {kind!r} (kill or nan)")
+        raise ConfigError(f"{FAULT_ENV}: unknown fault {kind!r} (kill or nan)")
     return kind, epoch, step
 
 
@@ -161,9 +158,9 @@ def check_output_dir(out: str, model: nn.Module, optimizer_slots: int) -> None:
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
-        raise CLIError(f"cannot create the output directory {out!r}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot create the output directory {out!r}: {exc.strerror or exc}") from None
     if not os.path.isdir(out):
-        raise CLIError(f"the output path {out!r} exists and is not a directory")
+        raise ConfigError(f"the output path {out!r} exists and is not a directory")
     probe = os.path.join(out, f".write-probe-{os.getpid()}")
     try:
         with open(probe, "wb") as f:
@@ -171,7 +168,7 @@ def check_output_dir(out: str, model: nn.Module, optimizer_slots: int) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise CLIError(f"the output directory {out!r} is not writable: {exc.strerror or exc}") from None
+        raise ConfigError(f"the output directory {out!r} is not writable: {exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(probe)
@@ -179,19 +176,10 @@ def check_output_dir(out: str, model: nn.Module, optimizer_slots: int) -> None:
     need = 3 * nbytes * (1 + optimizer_slots) + (16 << 20)
     free = shutil.disk_usage(out).free
     if free < need:
-        raise CLIError(
+        raise ConfigError(
             f"the output directory {out!r} has {free / 2**20:.1f} MiB free; the checkpoints of this "
             f"run need about {need / 2**20:.1f} MiB"
         )
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------------- evaluate
@@ -255,7 +243,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
     """Train ``cfg`` (or continue the run in directory ``resume``) and return its summary.
 
     Raises:
-        CLIError: bad configuration, unusable output directory, missing data.
+        ConfigError: bad configuration, unusable output directory, missing data.
         CheckpointError: ``resume`` has no readable checkpoint.
         TrainingDiverged: the loss became NaN or Inf (the last good checkpoint stays in place).
     """
@@ -277,7 +265,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
         saved.out = os.path.dirname(os.path.abspath(path))
         cfg = saved.validate()
     if cfg.out is None:
-        raise CLIError("an output directory is required (--out DIR)")
+        raise ConfigError("an output directory is required (--out DIR)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -289,9 +277,9 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
     info = init_distributed(device_type)
     device = resolve_device(cfg.device, info)
     if cfg.amp == "fp16" and device.type != "cuda":
-        raise CLIError("amp fp16 needs a CUDA device (use amp bf16 on CPU)")
+        raise ConfigError("amp fp16 needs a CUDA device (use amp bf16 on CPU)")
     if cfg.batch_size % info.world_size:
-        raise CLIError(
+        raise ConfigError(
             f"batch_size {cfg.batch_size} is the global batch and must be divisible by the "
             f"{info.world_size} ranks"
         )
@@ -359,7 +347,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
     train_loader = loader(data.train, per_rank, train=True)
     test_loader = loader(data.test, max(cfg.eval_batch_size // info.world_size, 1), train=False)
     if len(train_loader) == 0:
-        raise CLIError(
+        raise ConfigError(
             f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images "
             f"({cfg.dataset}); use a smaller --batch-size"
         )
@@ -376,7 +364,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
     if info.is_main:
         _save_config(cfg)
         if ckpt is not None:  # the metrics file holds exactly the epochs of the checkpoint
-            _write_text_atomic(
+            write_text(
                 os.path.join(cfg.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state.history)
             )
     fault = _parse_fault()
@@ -523,7 +511,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
         "rank_metrics": all_gather_objects(final, info),
     }
     if info.is_main:
-        _write_text_atomic(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        write_text(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
     if info.enabled:
         barrier(info)
     return summary
@@ -571,7 +559,7 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int, state: _State, what: str 
 def _save_config(cfg: TrainConfig) -> None:
     import yaml
 
-    _write_text_atomic(os.path.join(cfg.out, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(os.path.join(cfg.out, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -596,7 +584,7 @@ def evaluate_checkpoint(
         else:
             raise CheckpointError(f"{path!r} holds no best.pt or last.pt")
     if split not in ("train", "test"):
-        raise CLIError(f"split must be train or test, got {split!r}")
+        raise ConfigError(f"split must be train or test, got {split!r}")
     ckpt = load_checkpoint(path)
     cfg = TrainConfig(**ckpt["config"])
     ds = dataset or cfg.dataset

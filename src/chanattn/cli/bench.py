@@ -9,119 +9,82 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import CLIError
-from .core import FLOOR_PASSES, MODES, bench_model, bench_module, machine_info, parse_shapes
+from ..io import atomic_open, write_json
+from ..table import Column, TextTable
+from ._args import UsageError, names, non_negative, positive, positive_number, stdout_line
 
-__all__ = ["add_parsers", "run_bench"]
+__all__ = ["add_parser", "run", "run_bench"]
 
 DEFAULT_SHAPES = "32x64x56x56,32x256x14x14,32x512x7x7"
-
-
-def _names(text: str, option: str) -> list[str]:
-    names = [n.strip() for n in str(text).split(",") if n.strip()]
-    if not names:
-        raise CLIError(f"{option} expects comma-separated names, got {text!r}")
-    return names
-
-
-def _positive(option: str, value: float | None, integer: bool = True) -> None:
-    if value is not None and (value <= 0 or (integer and int(value) != value)):
-        kind = "a positive int" if integer else "a positive number"
-        raise CLIError(f"{option} must be {kind}, got {value}")
+MODES = ("infer", "train")  # chanattn.bench.core.MODES (checked by a test)
 
 
 def _module_list(text: str) -> list[str]:
     from ..registry import list_modules, resolve_name
 
-    names: list[str] = []
-    for name in _names(text, "--modules"):
+    out: list[str] = []
+    for name in names(text, "--modules"):
         if name.lower() == "all":
-            names += list_modules()
+            out += list_modules()
         else:
             resolve_name(name)  # the registry's one-line error for an unknown name
-            names.append(name.strip().lower().replace("-", "_"))
-    return list(dict.fromkeys(names))
+            out.append(name.strip().lower().replace("-", "_"))
+    return list(dict.fromkeys(out))
 
 
 def _model_lists(models: str, attn: str) -> tuple[list[str], list[str]]:
     from ..models import model_info
     from ..registry import resolve_name
 
-    archs = [model_info(a).name for a in _names(models, "--models")]
+    archs = [model_info(a).name for a in names(models, "--models")]
     attns = []
-    for a in _names(attn, "--attn"):
+    for a in names(attn, "--attn"):
         if a.lower() != "none":
             resolve_name(a)
         attns.append(a.lower())
     return archs, attns
 
 
-def _fmt(value: object, spec: str) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return format(value, spec)
-    return str(value)
-
-
-Column = tuple[str, str, str, int]  # header, record key, format, width
-
-
 def _module_columns(mode: str, vs_timm: bool) -> list[Column]:
-    cols: list[Column] = [
-        ("module", "module", "", 15), ("shape", "shape", "", 14), ("params", "params", ",", 10),
-        ("MMACs", "mmacs", ".4g", 8), ("ms", "ms", ".3f", 9), ("q1-q3 ms", "iqr", "", 17),
-        ("peak MiB", "peak_mib", ".3g", 8),
+    cols = [
+        Column("module", "module", width=15), Column("shape", "shape", width=14),
+        Column("params", "params", ",", width=10),
+        Column("MMACs", spec=".4g", width=8, get=lambda r: r["macs"] / 1e6 if "macs" in r else None),
+        Column("ms", "ms", ".3f", width=9),
+        Column("q1-q3 ms", width=17,
+               get=lambda r: f"{r['q1_ms']:.3f}-{r['q3_ms']:.3f}" if r.get("q1_ms") is not None else None),
+        Column("peak MiB", "peak_mib", ".3g", width=8),
     ]
     if mode == "train":
-        cols.append(("saved MiB", "saved_mib", ".3g", 9))
-    cols += [("floor ms", "floor_ms", ".3f", 8), ("x floor", "floor_ratio", ".2f", 7)]
+        cols.append(Column("saved MiB", "saved_mib", ".3g", width=9))
+    cols += [Column("floor ms", "floor_ms", ".3f", width=8), Column("x floor", "floor_ratio", ".2f", width=7)]
     if vs_timm:
-        cols += [("timm ms", "timm_ms", ".3f", 9), ("timm xfl", "timm_floor_ratio", ".2f", 8),
-                 ("ours/timm", "vs_timm", ".2f", 9)]
+        cols += [Column("timm ms", "timm_ms", ".3f", width=9),
+                 Column("timm xfl", "timm_floor_ratio", ".2f", width=8),
+                 Column("ours/timm", "vs_timm", ".2f", width=9)]
     return cols
 
 
 def _model_columns() -> list[Column]:
     return [
-        ("model", "model", "", 12), ("attn", "attn", "", 14), ("batch", "batch", "d", 5),
-        ("params", "params", ",", 11), ("GMACs/img", "gmacs", ".3f", 9),
-        ("infer ms", "infer_ms", ".1f", 9), ("infer img/s", "infer_img_s", ".1f", 11),
-        ("train ms", "train_ms", ".1f", 9), ("train img/s", "train_img_s", ".1f", 11),
+        Column("model", "model", width=12), Column("attn", "attn", width=14),
+        Column("batch", "batch", "d", width=5), Column("params", "params", ",", width=11),
+        Column("GMACs/img", spec=".3f", width=9,
+               get=lambda r: r["macs_per_image"] / 1e9 if "macs_per_image" in r else None),
+        Column("infer ms", "infer_ms", ".1f", width=9), Column("infer img/s", "infer_img_s", ".1f", width=11),
+        Column("train ms", "train_ms", ".1f", width=9), Column("train img/s", "train_img_s", ".1f", width=11),
     ]
 
 
-def _row(rec: dict[str, object], cols: list[Column]) -> str:
-    view = dict(rec)
-    if "macs" in rec:
-        view["mmacs"] = rec["macs"] / 1e6  # type: ignore[operator]
-    if "macs_per_image" in rec:
-        view["gmacs"] = rec["macs_per_image"] / 1e9  # type: ignore[operator]
-    if "q1_ms" in rec:
-        view["iqr"] = f"{rec['q1_ms']:.3f}-{rec['q3_ms']:.3f}"
-    cells = []
-    for _, key, spec, width in cols:
-        text = _fmt(view.get(key), spec)
-        cells.append(text.ljust(width) if spec == "" else text.rjust(width))
-    line = " ".join(cells)
-    return f"{line}  {rec['note']}" if rec.get("note") else line
-
-
-def _header(cols: list[Column]) -> str:
-    return " ".join(h.ljust(w) if spec == "" else h.rjust(w) for h, _, spec, w in cols) + "  note"
-
-
-def _print_head(out, title: list[str], cols: list[Column]) -> None:
-    """The preamble lines, a blank line, the column header and its rule."""
-    for line in title:
+def _start_table(out, title: list[str], cols: list[Column]) -> TextTable:
+    """Print the preamble lines, a blank line, the column header and its rule; the table."""
+    table = TextTable(cols, sep=" ", note_key="note")
+    for line in [*title, "", *table.head()]:
         out(line)
-    out("")
-    out(_header(cols))
-    out("-" * len(_header(cols)))
+    return table
 
 
 def _preamble(machine: dict[str, object], args: argparse.Namespace, what: str) -> list[str]:
@@ -140,6 +103,8 @@ def _preamble(machine: dict[str, object], args: argparse.Namespace, what: str) -
 
 
 def _module_notes(mode: str, cuda: bool) -> list[str]:
+    from ..bench.core import FLOOR_PASSES
+
     passes = FLOOR_PASSES[mode]
     floor = (f"floor = least memory traffic of a gate y = x * g(pool(x)): {passes} passes over the tensor "
              + ("(read to pool; read + write to rescale)" if mode == "infer"
@@ -166,11 +131,11 @@ def _module_notes(mode: str, cuda: bool) -> list[str]:
 def _write(path: Path, payload: dict[str, object]) -> None:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
-        raise CLIError(f"--out must end in .json or .csv, got {str(path)!r}")
+        raise UsageError(f"--out must end in .json or .csv, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, object]] = payload["records"]  # type: ignore[assignment]
     if suffix == ".json":
-        path.write_text(json.dumps(payload, indent=1) + "\n")
+        write_json(path, payload, indent=1)
         return
     machine: dict[str, object] = payload["machine"]  # type: ignore[assignment]
     extra = {k: machine[k] for k in ("cpu", "torch", "date")}
@@ -178,7 +143,7 @@ def _write(path: Path, payload: dict[str, object]) -> None:
     for rec in records:
         keys += [k for k in rec if k not in keys]
     keys += list(extra)
-    with path.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         for rec in records:
@@ -190,50 +155,45 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print) -> d
     records}`` (written to ``args.out`` as JSON or CSV when given)."""
     import torch
 
+    from ..bench.core import bench_model, bench_module, machine_info, parse_shapes
+
     if (args.modules is None) == (args.models is None):
-        raise CLIError("give either --modules NAMES|all (the module bench) or --models ARCHS "
+        raise UsageError("give either --modules NAMES|all (the module bench) or --models ARCHS "
                        "(the model bench)")
-    _positive("--repeats", args.repeats)
-    _positive("--threads", args.threads)
-    _positive("--batch", args.batch)
-    _positive("--min-time", args.min_time, integer=False)
-    _positive("--max-call-s", args.max_call_s, integer=False)
-    if args.warmup < 0:
-        raise CLIError(f"--warmup must be >= 0, got {args.warmup}")
     if args.out is not None and Path(args.out).suffix.lower() not in (".json", ".csv"):
-        raise CLIError(f"--out must end in .json or .csv, got {args.out!r}")
+        raise UsageError(f"--out must end in .json or .csv, got {args.out!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: CUDA is not available here")
+        raise UsageError("--device cuda: CUDA is not available here")
     if args.vs == "timm":
         if args.models is not None:
-            raise CLIError("--vs timm applies to the module bench (--modules), not to --models")
+            raise UsageError("--vs timm applies to the module bench (--modules), not to --models")
         try:
             import timm.layers  # noqa: F401
         except ImportError as exc:
-            raise CLIError(f"--vs timm needs timm (pip install 'chanattn[timm]'): {exc}") from exc
+            raise UsageError(f"--vs timm needs timm (pip install 'chanattn[timm]'): {exc}") from exc
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     modes = list(MODES) if args.mode == "both" else [args.mode]
     machine = machine_info(args.device)
     records: list[dict[str, object]] = []
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "debug") and not callable(v)}
+    settings = {k: v for k, v in vars(args).items() if k not in ("run", "debug") and not callable(v)}
     if args.modules is not None:
-        names = _module_list(args.modules)
+        modules = _module_list(args.modules)
         shapes = parse_shapes(args.shapes)
         for mode in modes:
             cols = _module_columns(mode, args.vs == "timm")
             title = [*_preamble(machine, args, f"modules, mode {mode}"),
                      *_module_notes(mode, args.device == "cuda")]
-            _print_head(out, title, cols)
-            for name in names:
+            table = _start_table(out, title, cols)
+            for name in modules:
                 for shape in shapes:
                     rec = bench_module(name, shape, mode=mode, device=args.device, vs_timm=args.vs == "timm",
                                        repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time,
                                        max_call_s=args.max_call_s, seed=args.seed)
                     rec["threads"] = torch.get_num_threads()
                     records.append(rec)
-                    out(_row(rec, cols))
+                    out(table.row(rec))
             out("")
     else:
         archs, attns = _model_lists(args.models, args.attn)
@@ -243,7 +203,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print) -> d
                  "convolutions, linear layers, matrix products)",
                  "infer: eval forward under no_grad; train: forward, cross-entropy, backward, SGD step "
                  "(momentum); ms per batch (median), img/s = batch / median"]
-        _print_head(out, title, cols)
+        table = _start_table(out, title, cols)
         for arch in archs:
             for attn in attns:
                 rec = bench_model(arch, attn, batch=args.batch, device=args.device, repeats=args.repeats,
@@ -251,7 +211,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print) -> d
                                   max_call_s=args.max_call_s, seed=args.seed)
                 rec["threads"] = torch.get_num_threads()
                 records.append(rec)
-                out(_row(rec, cols))
+                out(table.row(rec))
         out("")
     machine["threads"] = torch.get_num_threads()
     payload = {"machine": machine, "settings": settings, "records": records}
@@ -261,20 +221,20 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print) -> d
     return payload
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     # defaults that depend on the bench: modules are fast calls, models slow ones
     if args.repeats is None:
         args.repeats = 3 if args.models is not None else 15
     if args.warmup is None:
         args.warmup = 1 if args.models is not None else 3
-    run_bench(args, out=lambda line: print(line, flush=True))
+    run_bench(args, out=stdout_line)
     return 0
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``chanattn bench`` to the CLI."""
-    p = subparsers.add_parser(
-        "bench", help="measure modules (or models with them): params, MACs, latency, memory, vs timm",
+def add_parser(sub, name: str, parents: list) -> None:
+    p = sub.add_parser(
+        name, parents=parents,
+        help="measure modules (or models with them): params, MACs, latency, memory, vs timm",
         description="Parameters, multiply-adds, latency (median and quartiles of interleaved timed repeats), "
                     "peak memory and the memory-traffic floor of attention modules, optionally against "
                     "timm's implementations; or params, MACs and images/s of models with attention.",
@@ -282,9 +242,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modules", default=None, metavar="NAMES",
                    help="comma-separated module names, or 'all' (the module bench)")
     p.add_argument("--shapes", default=DEFAULT_SHAPES, metavar="BxCxHxW,...",
-                   help=f"input shapes of the module bench (default {DEFAULT_SHAPES})")
+                   help="input shapes of the module bench")
     p.add_argument("--mode", choices=(*MODES, "both"), default="infer",
-                   help="infer: eval forward under no_grad; train: forward + backward (default infer)")
+                   help="infer: eval forward under no_grad; train: forward + backward")
     p.add_argument("--vs", choices=("timm",), default=None,
                    help="also measure timm's implementation where it has one, interleaved")
     p.add_argument("--models", default=None, metavar="ARCHS",
@@ -292,20 +252,20 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attn", default="none,se,eca", metavar="NAMES",
                    help="attention modules put in the models, 'none' for the plain model "
                         "(default none,se,eca)")
-    p.add_argument("--batch", type=int, default=32, help="batch of the model bench (default 32)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--batch", type=positive, default=32, help="batch of the model bench")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure")
+    p.add_argument("--threads", type=positive, default=None,
                    help="torch CPU threads (default: torch's default); the output says how many were used")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=positive, default=None,
                    help="timed repeats (default 15 for modules, 3 for models)")
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--warmup", type=non_negative, default=None,
                    help="untimed calls first (default 3 for modules, 1 for models)")
-    p.add_argument("--min-time", type=float, default=0.01, metavar="SECONDS",
-                   help="a timed repeat loops until it lasts at least this long (default 0.01)")
-    p.add_argument("--max-call-s", type=float, default=10.0, metavar="SECONDS",
-                   help="skip a module whose single call takes longer (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="of inputs and weights (default 0)")
+    p.add_argument("--min-time", type=positive_number, default=0.01, metavar="SECONDS",
+                   help="a timed repeat loops until it lasts at least this long")
+    p.add_argument("--max-call-s", type=positive_number, default=10.0, metavar="SECONDS",
+                   help="skip a module whose single call takes longer")
+    p.add_argument("--seed", type=int, default=0, help="of inputs and weights")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="also write the records with the machine description: .json or .csv")
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(run=run)
 
