@@ -116,3 +116,26 @@ def test_one_file_per_command():
 
     files = {m.name for m in pkgutil.iter_modules(cli.__path__) if not m.name.startswith("_")}
     assert files == {module for _, module in cli.COMMANDS}
+
+
+def test_the_core_needs_no_extras():
+    """`pip install chanattn` alone (torch, numpy, safetensors) gives the modules, the models, attach
+    and safetensors; a feature that needs an extra says which one."""
+    code = (
+        "import sys, tempfile, torch\n"
+        "for m in ('sklearn', 'matplotlib', 'yaml', 'huggingface_hub', 'onnx', 'onnxruntime', 'timm',\n"
+        "          'torchvision', 'scipy'):\n"
+        "    sys.modules[m] = None  # import fails as if not installed\n"
+        "import chanattn\n"
+        "m = chanattn.create_model('resnet8', attn='cbam', in_chans=1)\n"
+        "m(torch.randn(2, 1, 8, 8)).sum().backward()\n"
+        "chanattn.attach(chanattn.create_model('resnet8'), 'eca')\n"
+        "chanattn.from_pretrained(chanattn.save_pretrained(m, tempfile.mkdtemp()))\n"
+        "from chanattn.data import load_data\n"
+        "try:\n"
+        "    load_data('digits')\n"
+        "except chanattn.errors.MissingDependency as exc:\n"
+        "    print(exc)\n"
+    )
+    out = _run(code)
+    assert "needs sklearn (pip install 'chanattn[train]')" in out

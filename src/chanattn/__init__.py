@@ -32,6 +32,10 @@ _EXPORTS = {
     "create_model": ".models",
     "list_models": ".models",
     "ChanattnError": ".errors",
+    "from_pretrained": ".hub",
+    "load_model": ".hub",
+    "push_to_hub": ".hub",
+    "save_pretrained": ".hub",
 }
 
 __all__ = [
@@ -44,17 +48,22 @@ __all__ = [
     "count_macs",
     "create",
     "create_model",
+    "from_pretrained",
     "list_models",
     "list_modules",
+    "load_model",
     "module_info",
     "no_weight_decay_names",
+    "push_to_hub",
     "register",
+    "save_pretrained",
 ]  # the names of _EXPORTS (a test checks)
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .errors import ChanattnError
+    from .hub import from_pretrained, load_model, push_to_hub, save_pretrained
     from .layers import AttentionModule, no_weight_decay_names
     from .models import attach, count_macs, create_model, list_models
     from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register

@@ -8,7 +8,8 @@ the built-in type it means, so that ``except ValueError`` keeps working.
     │   └── CheckpointError               a checkpoint that is missing, corrupt or not chanattn's
     ├── InputTypeError (TypeError)        an argument of the wrong type
     ├── ExportError (RuntimeError)        a module or model that cannot take an export path
-    └── TrainingDiverged (RuntimeError)   the loss became NaN or Inf
+    ├── TrainingDiverged (RuntimeError)   the loss became NaN or Inf
+    └── MissingDependency (ImportError)   an optional package that is not installed (names the extra)
 
 The library never imports the command line; the command line (:mod:`chanattn.cli`) turns any
 :class:`ChanattnError` into one line ``chanattn <command>: error: <message>``.
@@ -24,6 +25,7 @@ __all__ = [
     "ExportError",
     "InputError",
     "InputTypeError",
+    "MissingDependency",
     "TrainingDiverged",
 ]
 
@@ -72,3 +74,7 @@ class ExportError(ChanattnError, RuntimeError):
 
 class TrainingDiverged(ChanattnError, RuntimeError):
     """The training loss (or the evaluation) became NaN or Inf; the last good checkpoint is kept."""
+
+
+class MissingDependency(ChanattnError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip extra."""

@@ -7,6 +7,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .._optional import require
 from .spec import DataBundle, DatasetSpec, Split
 
 __all__ = ["DIGITS_CROP_PADDING", "DIGITS_TEST_FRACTION", "load_digits_bundle"]
@@ -21,8 +22,9 @@ DIGITS_CROP_PADDING = 1
 
 @lru_cache(maxsize=1)
 def _split_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    datasets = require("sklearn.datasets", "the digits data set (scikit-learn's, embedded)")
+    load_digits = datasets.load_digits
+    train_test_split = require("sklearn.model_selection", "the digits split").train_test_split
 
     digits = load_digits()
     images = (digits.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]

@@ -124,4 +124,11 @@ def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = Non
     if unknown:
         raise InputError(f"create_model({arch!r}): unknown option(s) {', '.join(unknown)} "
                          f"(the options of {arch}: {', '.join(options)})")
-    return info.factory(attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes, **kwargs)
+    model = info.factory(attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes, **kwargs)
+    # how to build it again (chanattn.save_pretrained, load_model, export --checkpoint), as timm's
+    # pretrained_cfg: a callable attn cannot be written down
+    named = attn is None or isinstance(attn, str)
+    model.chanattn_config = {"arch": info.name, "attn": attn if named else None, "attn_callable": not named,
+                             "attn_kwargs": dict(attn_kwargs or {}), "num_classes": num_classes,
+                             "model_kwargs": dict(kwargs)}
+    return model
