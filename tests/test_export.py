@@ -262,7 +262,7 @@ def test_cli_exports_a_module_and_a_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--module", "se", "--format", "onnx"], "--out FILE is required"),
-    (["--module", "se", "--arch", "resnet8", "--out", "x"], "give one of --module NAME or --arch NAME"),
+    (["--module", "se", "--arch", "resnet8", "--out", "x"], "--arch NAME or --checkpoint RUN"),
     (["--module", "se", "--format", "tflite", "--out", "x"], "--format: expected one of torch.export"),
     (["--module", "nope", "--out", "x"], "unknown module 'nope'"),
     (["--module", "se", "--shape", "1x8", "--out", "x"], "BxCxHxW"),

@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_model": ".hub",
     "push_to_hub": ".hub",
     "save_pretrained": ".hub",
+    "timm_layer": ".timm_compat",
 }
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "push_to_hub",
     "register",
     "save_pretrained",
+    "timm_layer",
 ]  # the names of _EXPORTS (a test checks)
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -67,3 +69,4 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .layers import AttentionModule, no_weight_decay_names
     from .models import attach, count_macs, create_model, list_models
     from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register
+    from .timm_compat import timm_layer

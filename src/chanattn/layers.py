@@ -4,6 +4,8 @@ factories (activations and gates given as names or callables) and channel arithm
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -13,6 +15,7 @@ from torch import nn
 from .errors import InputError, InputTypeError
 
 __all__ = [
+    "TIMM_SLOT_KWARGS",
     "AttentionModule",
     "LayerSpec",
     "check_positive_int",
@@ -122,13 +125,58 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
     return 1
 
 
+#: Keyword arguments that timm's attention slots pass (``create_attn(attn_layer, C, device=...,
+#: dtype=...)`` in its ResNet blocks; ``se_layer(C, act_layer=..., rd_ratio=..., device=..., dtype=...)``
+#: in its EfficientNet blocks). Every module accepts them; one without such a layer ignores them.
+TIMM_SLOT_KWARGS = ("act_layer", "rd_ratio")
+
+
+def _with_factory_kwargs(init: Callable) -> Callable:
+    """Wrap a module's ``__init__`` so that it takes ``device=`` and ``dtype=`` (parameters and
+    buffers created on that device, the meta device included, then cast to that floating dtype)
+    and the keyword arguments of :data:`TIMM_SLOT_KWARGS` it does not have itself (ignored)."""
+    sig = inspect.signature(init)
+    ignored = tuple(k for k in TIMM_SLOT_KWARGS if k not in sig.parameters)
+
+    @functools.wraps(init)
+    def __init__(self, *args, device=None, dtype=None, **kwargs):
+        for key in ignored:
+            kwargs.pop(key, None)
+        if device is None:
+            init(self, *args, **kwargs)
+        else:
+            with torch.device(device):  # factory functions default to it: created there
+                init(self, *args, **kwargs)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)  # floating tensors only take the dtype
+
+    params = list(sig.parameters.values())
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
+             for k in ("device", "dtype") if k not in sig.parameters]
+    if extra:
+        var = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        params = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD] + extra + var
+    __init__.__signature__ = sig.replace(parameters=params)
+    return __init__
+
+
 class AttentionModule(nn.Module):
     """Base class of every registered module: keeps ``channels`` and checks inputs.
 
     Subclasses call ``self._check_input(x)`` first in ``forward``; it raises a ValueError or
     TypeError that names the module, what it expected and what came, instead of a failure deep
     inside torch.
+
+    Every subclass's constructor also takes ``device=None, dtype=None`` (as torch's layers do; the
+    meta device included) and the keyword arguments timm's attention slots pass
+    (:data:`TIMM_SLOT_KWARGS`), so the classes drop into ``timm.create_model(...,
+    block_args=dict(attn_layer=cls))`` and EfficientNet's ``se_layer`` as they are.
     """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_factory_kwargs(cls.__dict__["__init__"])
 
     registry_name: str = ""
     kind: str = ""

@@ -5,6 +5,8 @@ attention (Bi-attention) block with its attention-in-attention (AiA) mechanism."
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -16,6 +18,14 @@ from ..registry import register
 __all__ = ["BilinearAttention"]
 
 _PAPER = "Bilinear Attention Networks for Person Retrieval (ICCV 2019)"
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_triangle(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of torch.triu_indices(n, n) on ``device``: constants, not buffers, so that a
+    module built on the meta device and materialised with ``to_empty`` keeps them."""
+    rows, cols = torch.triu_indices(n, n, device=device)
+    return rows, cols
 
 
 class _PairProducts(torch.autograd.Function):
@@ -146,9 +156,6 @@ class BilinearAttention(AttentionModule):
         self.rd_max = rd_max
         d = rd * (rd + 1) // 2
         self.bilinear_channels = d
-        rows, cols = torch.triu_indices(rd, rd)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
 
         self.embed = nn.Sequential(nn.Conv2d(channels, rd, 1, bias=False), nn.BatchNorm2d(rd),
                                    create_act(act_layer, owner=owner))
@@ -157,6 +164,16 @@ class BilinearAttention(AttentionModule):
         self.outer = nn.Sequential(nn.Conv2d(d, channels, 1, bias=False), nn.BatchNorm2d(channels),
                                    create_act(act_layer, owner=owner))
         self.gate = create_act(gate_layer, owner=owner)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Row indices of the upper triangle of the rd x rd pair matrix (with the diagonal)."""
+        return _upper_triangle(self.rd_channels, self.embed[0].weight.device)[0]
+
+    @property
+    def cols(self) -> torch.Tensor:
+        """Column indices of the upper triangle, paired with :attr:`rows`."""
+        return _upper_triangle(self.rd_channels, self.embed[0].weight.device)[1]
 
     def bilinear_features(self, x: torch.Tensor) -> torch.Tensor:
         """x~: the upper triangle of phi(x) phi(x)^T at each position, (B, D, H, W)."""

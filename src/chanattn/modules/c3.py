@@ -219,7 +219,9 @@ class CrossChannelCommunication(AttentionModule):
         out = self.decoder(msg).reshape(b, c, sh, sw)
         if resized:
             out = resize(out, (h, w))
-        return torch.relu(x + out)
+        # ReLU as clamp_min: its backward keeps its input, not its output, so the caller may add to
+        # the output in place (timm's blocks: x += shortcut)
+        return (x + out).clamp_min(0)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The plain formula, for tests."""
