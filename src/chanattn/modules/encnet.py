@@ -11,7 +11,6 @@ from torch import nn
 
 from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
-from ..recompute import conv_bn_relu, conv_bn_relu_applies, recompute_applies
 from ..registry import register
 
 __all__ = ["ContextEncoding", "Encoding", "se_loss_targets"]
@@ -34,12 +33,6 @@ class Encoding(nn.Module):
     paper's s_k ~ U(0, 1) and the softmax takes -s_k * dist: the same map and initial values.
     Neither constrains s_k to stay positive during training.
 
-    Under autograd (eager, no autocast) ``forward`` does not keep a copy of its input:
-    ``x @ d.t()`` on the (B, N, D) transposed view of a contiguous map folds it into a (B*N, D)
-    matrix, a copy that autograd keeps for the codewords' gradient (one input size); an autograd
-    Function (:class:`_FoldedProducts`) runs the same product and folds x again in the backward
-    (the same values and gradients, bit for bit). The plain formula is ``forward_reference``.
-
     Args:
         channels: D, the feature dimension (channels of the input map).
         num_codes: K, the number of codewords (default 32, EncNet's).
@@ -59,16 +52,13 @@ class Encoding(nn.Module):
         nn.init.uniform_(self.codewords, -bound, bound)
         nn.init.uniform_(self.smoothing, 0.0, 1.0)
 
-    def assignments(self, x: torch.Tensor, refold: bool = False) -> torch.Tensor:
-        """The soft assignments a_ik, (B, N, K), of the features of ``x`` (B, N, D).
-
-        ``refold``: x_i.d_k by :class:`_FoldedProducts` (autograd does not keep the folded copy
-        of a non-contiguous x) rather than ``x @ d.t()``; the same values and gradients."""
+    def assignments(self, x: torch.Tensor) -> torch.Tensor:
+        """The soft assignments a_ik, (B, N, K), of the features of ``x`` (B, N, D)."""
         d = self.codewords
         # ||x_i - d_k||^2 = ||x_i||^2 - 2 x_i.d_k + ||d_k||^2 (B, N, K), the terms in this order
         # (autograd sums the gradients of x's uses in the order of the operations)
         sq = (x * x).sum(-1, keepdim=True)
-        dist = sq - 2 * (_FoldedProducts.apply(x, d) if refold else x @ d.t()) + (d * d).sum(-1)
+        dist = sq - 2 * (x @ d.t()) + (d * d).sum(-1)
         return torch.softmax(-self.smoothing * dist, dim=-1)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -78,21 +68,13 @@ class Encoding(nn.Module):
                 f"H, W) input, got shape {tuple(x.shape)}"
             )
 
-    def _encode(self, x: torch.Tensor, refold: bool) -> torch.Tensor:
-        b = x.shape[0]
-        x = x.reshape(b, self.channels, -1).transpose(1, 2)  # (B, N, D)
-        a = self.assignments(x, refold)  # (B, N, K)
-        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik x_i - (sum_i a_ik) d_k
-        return a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * self.codewords  # (B, K, D)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return self._encode(x, refold=recompute_applies(x, self))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula."""
-        self._check(x)
-        return self._encode(x, refold=False)
+        b = x.shape[0]
+        x = x.reshape(b, self.channels, -1).transpose(1, 2)  # (B, N, D)
+        a = self.assignments(x)  # (B, N, K)
+        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik x_i - (sum_i a_ik) d_k
+        return a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * self.codewords  # (B, K, D)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_codes={self.num_codes}"
@@ -127,17 +109,6 @@ class ContextEncoding(AttentionModule):
     head's parameters get gradients only through :meth:`forward_with_se_loss` (with distributed
     data parallel, train through it or set ``find_unused_parameters=True``).
 
-    Training (autograd recording, eager): the first conv-BN-ReLU is one autograd Function
-    (:func:`chanattn.recompute.conv_bn_relu`) that saves x, its output (which the Encoding layer
-    keeps anyway) and BN's statistics, and recomputes the 1x1 convolution in the backward rather
-    than keeping its output; the Encoding layer does not copy its input (see :class:`Encoding`);
-    the final relu(x * (1 + gamma)) is a Function (:class:`_GatedReLU`) that saves x and gamma,
-    not its output. About 3.1 input sizes at C = 64, K = 32 (x, the ReLU's output, the (B, N, K)
-    distances and assignments), where the plain formula (``forward_reference``) keeps 6.1. The
-    values, gradients and running statistics are those of the plain formula, bit for bit on CPU.
-    The recomputed convolution costs about a tenth of a training step on CPU (one thread, C = 64
-    and 256); the other two changes cost one pass over x each in the backward.
-
     Args:
         channels: input channels C.
         num_codes: K, the number of codewords (default 32).
@@ -169,26 +140,10 @@ class ContextEncoding(AttentionModule):
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, e): the output and the encoded context vector e, (B, C)."""
-        if not recompute_applies(x, self):
-            return self._encode_reference(x)
-        self._check_input(x)
-        self._require_batch_stats(x.shape[0] * x.shape[2] * x.shape[3])  # the first BN
-        if conv_bn_relu_applies(self.conv, self.bn, self.act):
-            u = conv_bn_relu(x, self.conv, self.bn, save="output")  # (B, C, H, W)
-        else:
-            u = self.act(self.bn(self.conv(x)))
-        codes = self.act_codes(self.bn_codes(self.encoding(u)))  # (B, K, C)
-        e = codes.mean(1)  # (B, C)
-        gamma = self.gate(self.fc(e))[:, :, None, None]  # (B, C, 1, 1)
-        y = _GatedReLU.apply(x, gamma) if self.final_relu else x * (1 + gamma)
-        return y, e
-
-    def _encode_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(y, e) by the plain formula."""
         self._check_input(x)
         self._require_batch_stats(x.shape[0] * x.shape[2] * x.shape[3])  # the first BN
         u = self.act(self.bn(self.conv(x)))  # (B, C, H, W)
-        codes = self.act_codes(self.bn_codes(self.encoding.forward_reference(u)))  # (B, K, C)
+        codes = self.act_codes(self.bn_codes(self.encoding(u)))  # (B, K, C)
         e = codes.mean(1)  # (B, C)
         gamma = self.gate(self.fc(e))[:, :, None, None]  # (B, C, 1, 1)
         y = x * (1 + gamma)
@@ -198,10 +153,6 @@ class ContextEncoding(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(x)[0]
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests (also the path without autograd)."""
-        return self._encode_reference(x)[0]
 
     def forward_with_se_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, logits): the output and the SE-loss class-presence logits, (B, num_classes).
@@ -220,56 +171,6 @@ class ContextEncoding(AttentionModule):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_codes={self.num_codes}, "
                 f"num_classes={self.num_classes}, final_relu={self.final_relu}")
-
-
-class _FoldedProducts(torch.autograd.Function):
-    """x @ d.t() for x (B, N, D), d (K, D), as ``torch.matmul`` computes it (x folded into a
-    (B*N, D) matrix, one ``mm``), saving x as given (a view) and d rather than the folded copy of
-    a non-contiguous x: the backward folds it again and runs ``mm``'s backward as autograd does
-    (the same products, so the same gradients, bit for bit)."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        b, n, dim = x.shape
-        return torch.mm(x.reshape(b * n, dim), d.t()).view(b, n, d.shape[0])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        x, d = ctx.saved_tensors
-        b, n, dim = x.shape
-        g = g.reshape(b * n, d.shape[0])
-        gx = g.mm(d).view(b, n, dim) if ctx.needs_input_grad[0] else None
-        # autograd's mm backward for the column-major d.t(): (g^T x)^T, transposed back for d
-        gd = g.t().mm(x.reshape(b * n, dim)) if ctx.needs_input_grad[1] else None
-        return gx, gd
-
-
-class _GatedReLU(torch.autograd.Function):
-    """y = relu(x * (1 + gamma)), gamma (B, C, 1, 1); saves x and gamma, not y: the backward
-    recomputes x * (1 + gamma) (the same values, bit for bit) for the ReLU's mask."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        return (x * (1 + gamma)).relu_()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        x, gamma = ctx.saved_tensors
-        scale = 1 + gamma
-        g = torch.ops.aten.threshold_backward(g, x * scale, 0)  # the ReLU's backward
-        gx = g * scale if ctx.needs_input_grad[0] else None
-        ggamma = (g * x).sum((2, 3), keepdim=True) if ctx.needs_input_grad[1] else None
-        return gx, ggamma
 
 
 def se_loss_targets(target: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:
