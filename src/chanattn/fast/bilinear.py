@@ -55,7 +55,7 @@ class _OuterGate(torch.autograd.Function):
     inner (B, C, 1, 1) and BN's per-channel statistics: autograd would also keep the ReLU's output
     and the gate, two more (B, C, H, W) tensors. The backward recomputes them elementwise and runs
     BN's own backward (``native_batch_norm_backward``); BN's running statistics are updated once,
-    in the forward (:mod:`chanattn.recompute`)."""
+    in the forward (:mod:`chanattn.fast.recompute`)."""
 
     @staticmethod
     def forward(x, o, inner, bn_w, bn_b, running_mean, running_var, cfg: BNConfig):

@@ -56,7 +56,7 @@ class _ReducedCovariance(torch.autograd.Function):
     convolution only where its output is larger than x, then elementwise passes) and runs the
     ops' own backward kernels (``threshold_backward``, ``native_batch_norm_backward``,
     ``convolution_backward``). BN's running statistics are updated once, in the forward
-    (:mod:`chanattn.recompute`)."""
+    (:mod:`chanattn.fast.recompute`)."""
 
     @staticmethod
     def forward(x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, cfg: _Config):

@@ -118,7 +118,11 @@ def _cpu_model() -> str:
 
 def _build_error(exc: BaseException) -> str:
     """The compiler's first error line from a failed ``cpp_extension.load``, else the exception's."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = str(exc)
+    if isinstance(exc, subprocess.CalledProcessError):  # a compiler check: its own output says why
+        out = exc.stderr or exc.output or b""
+        text = (out.decode(errors="replace") if isinstance(out, bytes) else out) or text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
         low = ln.lower()
         if "error" in low and not low.startswith(("error building extension", "failed:")):
@@ -143,16 +147,23 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _cpp_extension():
-    """``torch.utils.cpp_extension``, imported without its warning that no CUDA runtime is found
-    (this is a CPU kernel)."""
+@contextlib.contextmanager
+def _quiet_tooling():
+    """``torch.utils.cpp_extension``'s warnings off (that no CUDA runtime is found, for this CPU
+    kernel; that the compiler differs from torch's): a build that fails is reported by
+    :func:`status` and :func:`chanattn.explain`."""
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        from torch.utils import cpp_extension
+        yield
     finally:
         logger.setLevel(level)
+
+
+def _cpp_extension():
+    with _quiet_tooling():
+        from torch.utils import cpp_extension
     return cpp_extension
 
 
@@ -164,7 +175,7 @@ def _compile(name: str, source: Path, dst: Path, flags: list[str]) -> str | None
     try:
         src = work / "cbam.cpp"
         shutil.copyfile(source, src)
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), _quiet_tooling():
             cpp_extension.load(name, [str(src)], extra_cflags=flags, build_directory=str(work),
                                is_python_module=False, verbose=False)
         os.replace(work / f"{name}.so", dst)
