@@ -161,7 +161,8 @@ _NATIVE = dict(purpose="speed", autograd=False, dtypes=(torch.float32,), devices
 _SUMMARY = "C++ operator chanattn::cbam_forward, sample by sample while in cache"
 
 register(FastPath("cbam.native", CBAM, _cbam_native, summary=_SUMMARY, configured=_cbam_native_config,
-                  module_mode="eval", examples=(("cbam", {"kernel_size": 3, "norm": False, "bias": False}),), **_NATIVE))
+                  module_mode="eval",
+                  examples=(("cbam", {"kernel_size": 3, "norm": False, "bias": False}),), **_NATIVE))
 register(FastPath(
     "cbam.pytorch", CBAM, _cbam, purpose="speed", autograd=False,
     summary="poolings chunk by chunk while in cache, x * channel gate written once and scaled in place",
