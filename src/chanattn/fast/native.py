@@ -274,11 +274,17 @@ def status() -> NativeStatus:
     return _load()
 
 
-@torch.compiler.assume_constant_result
 def available() -> bool:
     """True where the operator is built and loaded (builds it on first call). Under
     ``torch.compile`` the answer is taken once, while tracing, as a constant."""
     return _load().available
+
+
+# What ``torch.compiler.assume_constant_result`` marks (dynamo calls the function while tracing and
+# keeps its result as a constant), set here without it: the decorator imports torch._dynamo, several
+# seconds of ``import chanattn`` for every user who never compiles. tests/test_native.py checks that
+# a compiled CBAM calls the operator in one graph.
+available._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _reset_for_tests() -> None:
