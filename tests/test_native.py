@@ -265,3 +265,16 @@ def test_unwritable_cache_falls_back_to_a_temporary_directory(tmp_path, monkeypa
     d = native._writable_cache()
     assert d.is_dir() and d.name.startswith("chanattn-native-") and os.access(d, os.W_OK)
     d.rmdir()
+
+
+@needs_tools
+def test_benchmark_script_runs():
+    pytest.importorskip("timm")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "cbam_native.py"), "--shapes",
+                           "2x32x8x8", "--repeats", "1", "--modules", "cbam,cbam_spatial"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("cbam")]
+    assert [r[:2] for r in rows] == [["cbam", "2x32x8x8"], ["cbam_spatial", "2x32x8x8"]]
+    assert all(float(v) > 0 for r in rows for v in r[2:])
