@@ -13,7 +13,10 @@ parameters), three callables are timed in interleaved repeats
 (:func:`chanattn.bench.core.time_interleaved`): *fast* (the implementation's ``run``), *eager* (the
 formula: the module under ``chanattn.fast_paths(False)``) and *compiled* (``torch.compile`` of the
 module, inductor, under ``fast_paths(False)``: the formula as the compiler fuses it). It prints
-median ms and the ratios fast/eager and fast/compiled, and the 1-minute load average beside each row.
+median ms and the ratios fast/eager and fast/compiled, and beside each row the 1-minute load average
+(this process's own threads included) and *others*: the share of the machine's cores that other
+processes kept busy while the row was timed (from /proc/stat; a row with more than a few percent
+was disturbed and is worth running again).
 For the training paths it also prints the bytes each saves for the backward as a multiple of the
 input (``saved_tensors_hooks``, one count per storage; compiled graphs save through the same hooks).
 
@@ -57,6 +60,22 @@ def _saved(fn, x: torch.Tensor, skip: set[int]) -> float:
     return sum(storages.values()) / (x.numel() * x.element_size())
 
 
+def _cpu_busy() -> float | None:
+    """Seconds of CPU time the whole machine has spent busy (all processes, /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def measure(impl, shape: tuple[int, ...], mode: str, repeats: int) -> dict | str:
     name = impl.module.registry_name
     torch.manual_seed(0)
@@ -98,8 +117,13 @@ def measure(impl, shape: tuple[int, ...], mode: str, repeats: int) -> dict | str
     t0 = time.perf_counter()
     fns["compiled"]()  # compiles
     compile_s = time.perf_counter() - t0
+    busy0, own0, wall0 = _cpu_busy(), _own_cpu(), time.perf_counter()
     timing = time_interleaved(fns, repeats=repeats, warmup=2, min_time_s=0.05)
+    busy1, own1, wall1 = _cpu_busy(), _own_cpu(), time.perf_counter()
     row = {k: v.median_s * 1e3 for k, v in timing.items()}
+    # the share of the machine's cores that other processes kept busy while this row was timed
+    row["others"] = (None if busy0 is None else
+                     max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * (os.cpu_count() or 1)))
     row["compile_s"] = compile_s
     row["load"] = os.getloadavg()[0]
     if mode == "train":
@@ -134,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
              f"# {machine['native_kernels']}",
              f"# median ms over {args.repeats} interleaved repeats; fast = the implementation, eager = the "
              "formula, compiled = torch.compile (inductor) of the formula; saved = bytes saved for the "
-             "backward / input bytes"]
+             "backward / input bytes; load = 1-minute load average (this process included); others = "
+             "share of the cores busy with other processes while the row was timed"]
     head = (f"{'implementation':<22} {'mode':<5} {'shape':<13} {'fast':>8} {'eager':>8} {'compiled':>8} "
-            f"{'f/eager':>7} {'f/comp':>7} {'saved f/e/c':>16} {'load':>5}")
+            f"{'f/eager':>7} {'f/comp':>7} {'saved f/e/c':>16} {'load':>5} {'others':>6}")
     lines += [head, "-" * len(head)]
     out = sys.stdout
     for line in lines:
@@ -157,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{saved['fast']:.2f}/{saved['eager']:.2f}/{saved['compiled']:.2f}"
                     line = (f"{impl.name:<22} {mode:<5} {shape_s:<13} {row['fast']:8.3f} {row['eager']:8.3f} "
                             f"{row['compiled']:8.3f} {row['fast'] / row['eager']:7.2f} "
-                            f"{row['fast'] / row['compiled']:7.2f} {saved_s:>16} {row['load']:5.2f}")
+                            f"{row['fast'] / row['compiled']:7.2f} {saved_s:>16} {row['load']:5.2f} "
+                            f"{'' if row['others'] is None else format(row['others'], '6.0%')}")
                 lines.append(line)
                 print(line, file=out, flush=True)
     if args.out:
