@@ -650,4 +650,5 @@ def test_debug_flag_internal_errors_and_interrupts(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(trainer, "train", interrupted)
     assert main(["train", "--out", str(tmp_path / "z")]) == 130
-    assert "interrupted (a training run continues with --resume DIR)" in capsys.readouterr().err
+    # the hint works before the first checkpoint too (tests/test_runs.py runs it)
+    assert "interrupted (to continue, run the same command with --resume auto added)" in capsys.readouterr().err
