@@ -423,15 +423,20 @@ def test_compare_cli_prints_the_table(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- distributed
 def test_torchrun_two_cpu_processes(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): both ranks end with the same weights and metrics."""
+    """torchrun --nproc_per_node 2 (gloo): both ranks end with the same weights and metrics; a run
+    whose workers are killed (SIGKILL) in epoch 2 and restarted by torchrun (--max-restarts 1, the
+    same command with --resume auto) ends with the same weights (SHA-256) and each epoch once."""
     out = tmp_path / "ddp"
-    args = [
+    torchrun = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node",
         "2",
+    ]
+    args = [
+        *torchrun,
         "-m",
         "chanattn",
         "train",
@@ -472,6 +477,17 @@ def test_torchrun_two_cpu_processes(tmp_path):
     result = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert result["top1"] == pytest.approx(json.loads(lines[-1])["test_top1"])
     assert proc.stdout.count("finished:") == 1
+
+    elastic = tmp_path / "elastic"
+    restart = [*torchrun, "--max-restarts", "1", *args[len(torchrun):]]
+    restart[restart.index(str(out))] = str(elastic)
+    env = {**env, "CHANATTN_FAULT": "kill@2.3"}  # fires in the first attempt only
+    proc = subprocess.run([*restart, "--resume", "auto"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exitcode: -9" in proc.stderr and "resume " in proc.stderr  # killed, then resumed
+    assert digest(elastic) == digest(out) == summary["weight_digests"][0]
+    assert [json.loads(x)["epoch"] for x in (elastic / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 # ------------------------------------------------------------------------- other data and options
@@ -651,4 +667,5 @@ def test_debug_flag_internal_errors_and_interrupts(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(trainer, "train", interrupted)
     assert main(["train", "--out", str(tmp_path / "z")]) == 130
     # the hint works before the first checkpoint too (tests/test_runs.py runs it)
-    assert "interrupted (to continue, run the same command with --resume auto added)" in capsys.readouterr().err
+    hint = "interrupted (to continue, run the same command with --resume auto added)"
+    assert hint in capsys.readouterr().err

@@ -57,6 +57,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..io import write_text
+from . import threads as _threads
 from .callbacks import Callback, FaultInjection
 from .checkpoint import (
     capture_rng,
@@ -70,7 +71,6 @@ from .config import TrainConfig, describe_recipe
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, state_digest
 from .progress import Progress
 from .rundir import RunPlan, clear_run, plan_run, write_metrics
-from .threads import busy_warning, load_average, usable_cores
 
 __all__ = [
     "Callback",
@@ -496,6 +496,53 @@ def _save_config(cfg: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ train
+def wrap_model(model: nn.Module, cfg: TrainConfig, info: DistInfo, device: torch.device) -> nn.Module:
+    """The module the loop calls: DistributedDataParallel under torchrun, torch.compile'd with
+    ``cfg.compile`` (the parameters stay ``model``'s)."""
+    run_model = model
+    if info.enabled:
+        run_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        run_model = torch.compile(run_model)
+    return run_model
+
+
+def _start_lines(cfg: TrainConfig, plan: RunPlan, state: RunState, data: Data, model: nn.Module,
+                 source: str | None, recipe_note: str | None, info: DistInfo,
+                 device: torch.device) -> list[str]:
+    """What a run prints before its first step: the model and data, the recipe in force and how it
+    was chosen, where the weights come from; or where a continued run resumes; and a busy machine."""
+    steps = len(data.train_loader)
+    lines = []
+    if plan.ckpt is None:
+        n_params = sum(p.numel() for p in model.parameters())
+        lines.append(
+            f"train {cfg.arch}{'+' + cfg.attn if cfg.attn else ''} on {cfg.dataset}: {n_params:,} params, "
+            f"{len(data.data.train)} train / {len(data.data.test)} test images, {cfg.epochs} "
+            f"epoch{'s' if cfg.epochs != 1 else ''} x "
+            f"{steps} steps, batch {cfg.batch_size}, {device}"
+            f"{f', {info.world_size} ranks' if info.enabled else ''}")
+        recipe = f"recipe {cfg.recipe}" if cfg.recipe else "no recipe"
+        lines.append(f"{recipe}{f' ({recipe_note})' if recipe_note else ''}: {describe_recipe(cfg)}")
+        if source:
+            lines.append(f"weights from {source}; a new optimiser, from epoch 1")
+    elif state.epoch >= (cfg.stop_after or cfg.epochs):
+        extend = f" (--epochs N > {cfg.epochs} with --resume extends it)" if state.epoch >= cfg.epochs else ""
+        lines.append(f"{cfg.out}: the run has done {state.epoch} of its {cfg.epochs} epochs; nothing to "
+                     f"train{extend}")
+    else:
+        change = _schedule_change(plan, state.step, steps) if plan.epochs_before else ""
+        lines.append(f"resume {cfg.out} at epoch {state.epoch + 1}/{cfg.epochs}{change}")
+    busy = _threads.busy_warning(_threads.usable_cores(), _threads.load_average())
+    if busy:
+        n = torch.get_num_threads()
+        lines.append(f"warning: {busy}; using {n} torch thread{'s' if n != 1 else ''}"
+                     f"{' per process' if info.enabled else ''}")
+    return lines
+
+
 def _schedule_change(plan: RunPlan, step: int, steps_per_epoch: int) -> str:
     """What continuing with another ``epochs`` does to the learning rate."""
     import dataclasses
@@ -550,13 +597,11 @@ def train(
 
     torch.manual_seed(cfg.seed)
     data = build_data(cfg, info, device)
-    spec = data.spec
-    model = build_model(cfg, spec.num_classes, spec.in_chans).to(device)
+    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-
     if info.is_main:
         if plan.clear:
             clear_run(cfg.out)
@@ -568,45 +613,18 @@ def train(
         state = resume_state(plan.ckpt, model, optimizer, scaler, cfg.out)
     else:
         state = RunState()
-        if cfg.init_from:
-            source = init_weights(model, cfg)
-
-    run_model: nn.Module = model
-    if info.enabled:
-        run_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        run_model = torch.compile(run_model)
-
+        source = init_weights(model, cfg) if cfg.init_from else None
+    run_model = wrap_model(model, cfg, info, device)
     if info.is_main:
         _save_config(cfg)
         if plan.ckpt is not None:  # the metrics file holds exactly the epochs of the checkpoint
             write_metrics(cfg.out, state.history)
     steps_per_epoch = len(data.train_loader)
     last_epoch = cfg.stop_after or cfg.epochs
-    n_params = sum(p.numel() for p in model.parameters())
     show = info.is_main and not quiet
-    recipe = f"recipe {cfg.recipe}" if cfg.recipe else "no recipe"
-    recipe += f" ({recipe_note})" if recipe_note else ""
-    if show and plan.ckpt is None:
-        print(
-            f"train {cfg.arch}{'+' + cfg.attn if cfg.attn else ''} on {cfg.dataset}: {n_params:,} params, "
-            f"{len(data.data.train)} train / {len(data.data.test)} test images, "
-            f"{cfg.epochs} epochs x {steps_per_epoch} "
-            f"steps, batch {cfg.batch_size}, {device}{f', {info.world_size} ranks' if info.enabled else ''}",
-            file=sys.stderr,
-        )
-        print(f"{recipe}: {describe_recipe(cfg)}", file=sys.stderr)
-        if source:
-            print(f"weights from {source}; a new optimiser, from epoch 1", file=sys.stderr)
-    elif show:
-        change = _schedule_change(plan, state.step, steps_per_epoch) if plan.epochs_before else ""
-        print(f"resume {cfg.out} at epoch {state.epoch + 1}/{cfg.epochs}{change}", file=sys.stderr)
-    if show and (busy := busy_warning(usable_cores(), load_average())):
-        threads = torch.get_num_threads()
-        print(f"warning: {busy}; using {threads} torch thread{'s' if threads != 1 else ''}"
-              f"{' per process' if info.enabled else ''}", file=sys.stderr)
+    if show:
+        for line in _start_lines(cfg, plan, state, data, model, source, recipe_note, info, device):
+            print(line, file=sys.stderr)
 
     started = time.perf_counter()
     for epoch in range(state.epoch + 1, last_epoch + 1):
@@ -645,7 +663,7 @@ def train(
             cb.on_epoch_end(epoch, record)
         barrier(info)
 
-    summary = _summary(cfg, state, model, n_params, info, device, time.perf_counter() - started)
+    summary = _summary(cfg, state, model, info, device, time.perf_counter() - started)
     if info.is_main:
         write_text(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
     if info.enabled:
@@ -653,8 +671,8 @@ def train(
     return summary
 
 
-def _summary(cfg: TrainConfig, state: RunState, model: nn.Module, n_params: int, info: DistInfo,
-             device: torch.device, wall_time: float) -> dict[str, Any]:
+def _summary(cfg: TrainConfig, state: RunState, model: nn.Module, info: DistInfo, device: torch.device,
+             wall_time: float) -> dict[str, Any]:
     digests = all_gather_objects(state_digest(model), info)
     final = state.history[-1] if state.history else {}
     return {
@@ -662,7 +680,7 @@ def _summary(cfg: TrainConfig, state: RunState, model: nn.Module, n_params: int,
         "attn": cfg.attn,
         "dataset": cfg.dataset,
         "seed": cfg.seed,
-        "params": n_params,
+        "params": sum(p.numel() for p in model.parameters()),
         "epochs": cfg.epochs,
         "epochs_done": state.epoch,
         "finished": state.epoch >= cfg.epochs,
