@@ -104,7 +104,8 @@ class TrainConfig:
     amp: str = _f("none", "mixed precision (fp16 needs CUDA)", AMP_MODES)
     channels_last: bool = _f(False, "channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
-    threads: int | None = _f(None, "torch CPU threads (default: torch's default)")
+    threads: int | None = _f(None, "torch CPU threads per process (default: chosen from the usable "
+                                    "cores, the 1-minute load and the processes on this machine)")
     num_workers: int = _f(0, "data-loader workers (imagefolder on disk only)")
     # reproducibility and bookkeeping
     seed: int = _f(0, "seed of weights, batch order and augmentation")

@@ -458,7 +458,8 @@ def save_epoch(out: str, ckpt: dict[str, Any], is_best: bool) -> None:
 def resume_state(ckpt: dict[str, Any], model: nn.Module, optimizer, scaler, out: str) -> RunState:
     """Load a checkpoint's model, optimiser, grad scaler and RNG states; the run's state at its epoch."""
     load_model_state(model, ckpt["model"], f"the checkpoint in {out!r}",
-                     "it does not fit the model of its own config (was the model code changed since?)")
+                     "that is the model its own config builds now: was the model code changed since it was "
+                     "written?")
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
