@@ -90,6 +90,12 @@ def test_resume_auto_starts_then_continues_to_the_uninterrupted_weights(tmp_path
     assert main(train_argv(run, "--epochs", "3", "--resume", "auto", "--lr", "0.2")) == 2
     err = one_line_error(capsys)
     assert "other settings" in err and "lr 0.1 there, 0.2 given" in err
+    # without last.pt (a disk fault), never a silent start over: the checkpoints left are named
+    (run / "last.pt").unlink()
+    for argv in (train_argv(run, "--epochs", "3", "--resume", "auto"), ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        assert f"previous.pt, best.pt: continue from one with --resume {run / 'previous.pt'}" in \
+            one_line_error(capsys)
 
 
 def test_ctrl_c_in_epoch_1_and_the_hint_that_follows(tmp_path, capsys, monkeypatch):

@@ -167,7 +167,7 @@ def plan_run(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = F
             others = [f for f in files if f in _CHECKPOINTS]
             if others:
                 raise CheckpointError(
-                    f"--resume auto: {out!r} has no last.pt but holds {', '.join(others)}; continue from "
+                    f"--resume auto: {out!r} has no last.pt but holds {', '.join(others)}: continue from "
                     f"one with --resume {os.path.join(out, others[0])}, or start over with --overwrite")
             return RunPlan(cfg, None, bool(files))  # stopped before its first epoch ended: start again
         ckpt = load_for_resume(last)
@@ -182,10 +182,16 @@ def plan_run(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = F
         return _continue(ckpt, cfg, out, epochs if epochs is not None else cfg.epochs)
     path = resume if os.path.isfile(resume) else os.path.join(resume, "last.pt")
     if not os.path.exists(path):
-        started = os.path.isdir(resume) and run_files(resume)
-        raise CheckpointError(
-            f"--resume {resume!r}: no checkpoint {path!r} ("
-            + ("the run stopped before its first epoch ended; start it again with the run's flags and "
-               "--resume auto, or with --overwrite)" if started else "a run directory holds last.pt)"))
+        files = run_files(resume) if os.path.isdir(resume) else []
+        others = [f for f in files if f in _CHECKPOINTS]
+        if others:
+            first = os.path.join(resume, others[0])
+            why = f"it holds {', '.join(others)}: continue from one with --resume {first}"
+        elif files:
+            why = ("the run stopped before its first epoch ended: start it again with the run's flags and "
+                   "--resume auto")
+        else:
+            why = "a run directory holds last.pt"
+        raise CheckpointError(f"--resume {resume!r}: no checkpoint {path!r} ({why})")
     ckpt = load_for_resume(path)
     return _continue(ckpt, cfg, os.path.dirname(os.path.abspath(path)), epochs)

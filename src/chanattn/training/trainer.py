@@ -3,9 +3,11 @@ and the optimiser; ``train_one_epoch`` and ``evaluate`` each epoch; save a check
 ``train(config)`` that composes them, on one process or under torchrun. ``evaluate_checkpoint``
 scores a saved run.
 
+    setup_device(cfg)                        torchrun's process group, this rank's device
     build_data(cfg, info, device)            data set, batch loaders, augmentation
     build_model(cfg, classes, in_chans)      create_model(arch, attn, ...) for the data set
     build_optimizer(cfg, model), lr_at(...)  SGD/AdamW over param_groups(); lr of every step
+    wrap_model(model, cfg, info, device)     DistributedDataParallel, torch.compile
     train_one_epoch(...)                     one pass over the training batches
     evaluate(...)                            loss, top-1, top-5 over a loader (summed over ranks)
     checkpoint_state(...), save_epoch(...)   what a checkpoint holds; last/best.pt and metrics.jsonl
