@@ -270,13 +270,19 @@ def test_files_that_are_not_checkpoints_are_named(tmp_path, capsys):
         "other.pt": "is a checkpoint of another training program (its 'state_dict' holds 2 tensors)",
         "random.bin": "is not a chanattn checkpoint: not a file torch.save writes",
     }
-    try:
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
-        save_file(net.state_dict(), tmp_path / "m.safetensors")
-        expected["m.safetensors"] = "is a safetensors file of 2 tensors (weights only, no config)"
-    except ImportError:
-        pass
+    save_file(net.state_dict(), tmp_path / "m.safetensors")
+    expected["m.safetensors"] = "is a safetensors file of 2 tensors (weights only, no config)"
+    import chanattn
+    from chanattn.hub import save_safetensors
+
+    r8 = chanattn.create_model("resnet8", num_classes=10, in_chans=1)
+    save_safetensors(r8, tmp_path / "r8.safetensors")
+    expected["r8.safetensors"] = (
+        f"is a chanattn safetensors file (the weights and model config of {len(r8.state_dict())} tensors, as "
+        "chanattn export --format safetensors writes), not a training checkpoint; load the model with "
+        "chanattn.from_pretrained")
     capsys.readouterr()
     for name, text in expected.items():
         assert main(["eval", "--checkpoint", str(tmp_path / name)]) == 2, name

@@ -170,7 +170,14 @@ def _foreign(path: str, kind: str) -> CheckpointError:
             f"{p} is an ONNX model, not a chanattn checkpoint; evaluate it with onnxruntime "
             f"(onnxruntime.InferenceSession({p}))")
     if kind == "safetensors":
-        n = len([k for k in _safetensors_header(path, os.path.getsize(path)) or {} if k != "__metadata__"])
+        header = _safetensors_header(path, os.path.getsize(path)) or {}
+        n = len([k for k in header if k != "__metadata__"])
+        if "chanattn_config" in (header.get("__metadata__") or {}):  # chanattn.save_safetensors
+            return CheckpointError(
+                f"{p} is a chanattn safetensors file (the weights and model config of {n} tensors, as "
+                "chanattn export --format safetensors writes), not a training checkpoint; load the model "
+                f"with chanattn.from_pretrained({p}), or start a training run from it with "
+                f"--init-from {path}")
         return CheckpointError(
             f"{p} is a safetensors file of {n} tensors (weights only, no config), not a chanattn "
             f"checkpoint; start a training run from these weights with --init-from {path}, or load them "
@@ -296,12 +303,8 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     kind = sniff(path)
     if kind == "safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise CheckpointError(
-                f"{path!r} is a safetensors file; reading it needs the safetensors package "
-                "(pip install safetensors)") from None
+        from safetensors.torch import load_file
+
         return load_file(path), f"safetensors file {path!r}"
     if kind != "torch":
         raise _foreign(path, kind)

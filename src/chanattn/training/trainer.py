@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._optional import require
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..io import write_text
 from . import threads as _threads
@@ -493,8 +494,7 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> str:
 
 
 def _save_config(cfg: TrainConfig) -> None:
-    import yaml
-
+    yaml = require("yaml", "the run's config.yaml")
     write_text(os.path.join(cfg.out, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
