@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
 
@@ -41,6 +42,20 @@ TINY = {
 
 def tiny_config(out, **kw) -> TrainConfig:
     return resolve_config("digits", overrides={**TINY, "epochs": 2, "out": str(out), **kw})
+
+
+def run_session(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a new session whose every process (torchrun's workers too) is killed
+    when it runs past ``timeout``."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def digest(run_dir) -> str:
@@ -460,7 +475,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
         "100",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_session(args, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
@@ -482,8 +497,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     restart = [*torchrun, "--max-restarts", "1", *args[len(torchrun):]]
     restart[restart.index(str(out))] = str(elastic)
     env = {**env, "CHANATTN_FAULT": "kill@2.3"}  # fires in the first attempt only
-    proc = subprocess.run([*restart, "--resume", "auto"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_session([*restart, "--resume", "auto"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "exitcode: -9" in proc.stderr and "resume " in proc.stderr  # killed, then resumed
     assert digest(elastic) == digest(out) == summary["weight_digests"][0]
