@@ -73,12 +73,16 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The model of a config: ``create_model(arch, attn, ...)`` sized for the data set."""
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
+                image_size: tuple[int, int] | None = None) -> nn.Module:
+    """The model of a config: ``create_model(arch, attn, ...)`` sized for the data set (its
+    channels, and its image size, which fixes the per-stage settings of some modules)."""
     from ..models import create_model
 
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("in_chans", in_chans)
+    if image_size is not None:
+        kwargs.setdefault("input_size", tuple(image_size))
     return create_model(
         cfg.arch, attn=cfg.attn, num_classes=num_classes, attn_kwargs=dict(cfg.attn_kwargs) or None, **kwargs
     )
@@ -298,7 +302,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -
         if cfg.download and info.enabled:
             barrier(info)
     spec = data.spec
-    model = build_model(cfg, spec.num_classes, spec.in_chans).to(device)
+    model = build_model(cfg, spec.num_classes, spec.in_chans, spec.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -594,7 +598,7 @@ def evaluate_checkpoint(
         download=download,
         image_size=cfg.image_size,
     )
-    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans)
+    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans, data.spec.image_size)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
