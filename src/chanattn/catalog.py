@@ -9,8 +9,8 @@ from .io import write_text
 from .registry import create, list_modules, module_info
 from .table import Column, render, render_markdown
 
-__all__ = ["Row", "count_parameters", "export_markdown", "markdown_table", "rows", "text_table",
-           "update_readme"]
+__all__ = ["Row", "count_parameters", "export_markdown", "markdown_table", "paper_models_markdown", "rows",
+           "text_table", "update_readme"]
 
 #: The channel count the table's parameter column is taken at.
 TABLE_CHANNELS = 256
@@ -73,6 +73,49 @@ def text_table(channels: int = TABLE_CHANNELS) -> str:
 
 START, END = "<!-- modules:start -->", "<!-- modules:end -->"
 EXPORT_START, EXPORT_END = "<!-- exports:start -->", "<!-- exports:end -->"
+PAPERS_START, PAPERS_END = "<!-- paper-models:start -->", "<!-- paper-models:end -->"
+
+
+def _figure(value: float, unit: str) -> str:
+    return f"{value / 1e9:.3g}" if unit == "G" else f"{value / 1e6:.1f}"
+
+
+def paper_models_markdown() -> str:
+    """The README's table of the papers' models (:data:`chanattn.models.papers.PAPER_MODELS`): how
+    to build each, our parameters and multiply-adds (counted on the meta device, at the paper's
+    input) beside the paper's, and the accuracy the paper reports, with the sources."""
+    import torch
+
+    from .models import count_macs, count_params
+    from .models.papers import PAPER_MODELS
+
+    lines = ["| model | data | build (`chanattn.create_model`) | params, ours / paper | "
+             "MACs, ours / paper | top-1 (paper) | source |",
+             "|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
+    for m in PAPER_MODELS:
+        with torch.device("meta"):
+            model = m.create()
+        params = count_params(model) / m.params_unit
+        unit = "Mi" if m.params_unit == 2**20 else "M"
+        macs = count_macs(model, (1, *m.input_size))
+        mac_unit = "G" if max(macs, m.macs or 0) >= 1e9 else "M"
+        mac_cell = f"{_figure(macs, mac_unit)} {mac_unit}"
+        if m.macs is not None:
+            mac_cell = f"{_figure(macs, mac_unit)} / {_figure(m.macs, mac_unit)} {mac_unit}"
+        if m.macs_note:
+            if m.macs_note not in notes:
+                notes.append(m.macs_note)
+            mac_cell += f" [{notes.index(m.macs_note) + 1}]"
+        build = m.build.replace("create_model(", "", 1)[:-1]
+        top1 = f"{m.accuracy:.2f}" if m.accuracy is not None else "-"
+        source = m.source if not m.accuracy_source or m.accuracy_source == m.source \
+            else f"{m.source}; top-1: {m.accuracy_source}"
+        lines.append(f"| {m.title} | {m.dataset} | `{build}` | {params:.2f} / {m.params:g} {unit} | "
+                     f"{mac_cell} | {top1} | {source} |")
+    lines.append("")
+    lines += [f"[{i}] {note[0].upper()}{note[1:]}." for i, note in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
 
 #: The export results (written by ``chanattn export --record``), relative to the README.
 EXPORT_RESULTS = "tests/export_support.json"
@@ -129,9 +172,10 @@ def _replace_section(text: str, start: str, end: str, body: str, path: str) -> s
 
 
 def update_readme(path: str, export_results: str | None = None) -> bool:
-    """Write the current :func:`markdown_table` and :func:`export_markdown` between the markers of
-    the README at ``path``. ``export_results``: the JSON of :func:`chanattn.export.record` (default
-    :data:`EXPORT_RESULTS` beside the README). Returns True if the file changed."""
+    """Write the current :func:`markdown_table`, :func:`paper_models_markdown` and
+    :func:`export_markdown` between the markers of the README at ``path``. ``export_results``: the
+    JSON of :func:`chanattn.export.record` (default :data:`EXPORT_RESULTS` beside the README).
+    Returns True if the file changed."""
     from pathlib import Path
 
     from .export import load_support
@@ -140,6 +184,7 @@ def update_readme(path: str, export_results: str | None = None) -> bool:
         text = f.read()
     results = export_results or str(Path(path).resolve().parent / EXPORT_RESULTS)
     new = _replace_section(text, START, END, markdown_table(), path)
+    new = _replace_section(new, PAPERS_START, PAPERS_END, paper_models_markdown(), path)
     new = _replace_section(new, EXPORT_START, EXPORT_END, export_markdown(load_support(results)), path)
     if new != text:
         write_text(path, new)

@@ -75,7 +75,7 @@ class PaperModel:
     def build(self) -> str:
         """The call that builds it, as text."""
         args = [repr(self.arch)] + ([f"attn={self.attn!r}"] if self.attn else [])
-        args += [f"{k}={v!r}" for k, v in self.options.items()]
+        args += [f"{k}={dict(v) if isinstance(v, Mapping) else v!r}" for k, v in self.options.items()]
         return f"create_model({', '.join(args)})"
 
     def create(self, **overrides) -> nn.Module:
