@@ -31,6 +31,7 @@ class Row:
     aliases: tuple[str, ...]
     params: int | None
     note: str = ""
+    placement: str = "block"
 
 
 def rows(channels: int = TABLE_CHANNELS) -> list[Row]:
@@ -43,7 +44,8 @@ def rows(channels: int = TABLE_CHANNELS) -> list[Row]:
             params, note = count_parameters(create(name, channels)), ""
         except ValueError as exc:
             params, note = None, f"cannot take C={channels}: {' '.join(str(exc).split())}"
-        out.append(Row(name, info.title, info.paper, info.year, info.kind, info.aliases, params, note))
+        out.append(Row(name, info.title, info.paper, info.year, info.kind, info.aliases, params, note,
+                       info.placement))
     return out
 
 
@@ -57,16 +59,18 @@ def _markdown_name(rec: dict) -> str:
 
 
 def markdown_table(channels: int = TABLE_CHANNELS) -> str:
-    """The README's table (name, module, paper, kind, parameters at ``channels``)."""
+    """The README's table (name, module, paper, kind, placement, parameters at ``channels``)."""
     cols = [Column("name", get=_markdown_name), Column("module", "title"), Column("paper", "paper"),
-            Column("kind", "kind"), Column(f"params at C={channels}", "params", ",")]
+            Column("kind", "kind"), Column("placement", "placement"),
+            Column(f"params at C={channels}", "params", ",")]
     return render_markdown([asdict(r) for r in rows(channels)], cols)
 
 
 def text_table(channels: int = TABLE_CHANNELS) -> str:
     """The terminal table of ``chanattn list``; a module that cannot take ``channels`` says why."""
     cols = [Column("name", get=_name_cell), Column("module", "title"), Column("kind", "kind"),
-            Column("year", "year", "d"), Column(f"params@C={channels}", "params", ","),
+            Column("year", "year", "d"), Column("placement", "placement"),
+            Column(f"params@C={channels}", "params", ","),
             Column("note", "note")]
     return render([asdict(r) for r in rows(channels)], cols)
 
