@@ -119,10 +119,12 @@ class MobileNetV2(nn.Module):
         plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
         size = plan.bind(num_stages=len(SETTINGS), default_input_size=224 if stem == "imagenet" else 32)
         self.default_input_size = size
-        sk_conv = None
-        if plan.replaces_conv:
-            def sk_conv(cin: int, cout: int, stride: int) -> nn.Module:
-                return plan.conv3x3(cin, cout, stride, {"groups": cin, "act_layer": "relu6"})
+
+        def depthwise_sk(stage):  # SK in place of the depthwise convolution: one group per channel
+            if not plan.replaces_conv:
+                return None
+            return lambda cin, cout, stride: plan.conv3x3(cin, cout, stride,
+                                                          {"groups": cin, "act_layer": "relu6"}, stage)
 
         settings = [list(row) for row in SETTINGS]
         first_stride = 2
@@ -140,6 +142,7 @@ class MobileNetV2(nn.Module):
             stage = plan.stage(i, out_channels, out_size, n)
             pre = plan.stage_start(plan.stage(i, in_channels, size, n))
             attns = plan.block_modules(stage)
+            sk_conv = depthwise_sk(stage)
             for j in range(n):
                 block = InvertedResidual(in_channels, out_channels, s if j == 0 else 1, t,
                                          attn=attns[j], pre_attn=pre if j == 0 else None, sk_conv=sk_conv)

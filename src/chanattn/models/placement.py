@@ -279,15 +279,25 @@ class AttnPlan:
         return self.placement == "replace_conv"
 
     def conv3x3(self, in_channels: int, out_channels: int, stride: int = 1,
-                overrides: dict | None = None) -> nn.Module:
-        """The module that replaces a 3x3 convolution with its BN and ReLU (``sk``); ``overrides``
-        are this backbone's defaults (MobileNetV2: depthwise, ReLU6), ``attn_kwargs`` win."""
+                overrides: dict | None = None, stage: Stage | None = None) -> nn.Module:
+        """The module that replaces a 3x3 convolution with its BN and ReLU (``sk``) in ``stage``;
+        ``overrides`` are this backbone's defaults (MobileNetV2: depthwise, ReLU6), the module's
+        options win."""
         if not self.replaces_conv:
             raise RuntimeError(f"{self!r} does not replace convolutions")
-        kwargs = {**(overrides or {}), **(self.options(self.stage(0, in_channels, None)) or {})}
-        module = create(self.name, in_channels, out_channels=out_channels, stride=stride, **kwargs)
+        options = self.options(stage or self.stage(0, in_channels, None))
+        module = create(self.name, in_channels, out_channels=out_channels, stride=stride,
+                        **{**(overrides or {}), **(options or {})})
         self.created.append(module)
         return module
+
+    def conv_factory(self, stage: Stage, overrides: dict | None = None
+                     ) -> Callable[[int, int, int], nn.Module] | None:
+        """``f(in_channels, out_channels, stride)`` building :meth:`conv3x3` in ``stage`` for the
+        blocks (``sk_conv``), or None where the plan does not replace convolutions."""
+        if not self.replaces_conv:
+            return None
+        return lambda cin, cout, stride: self.conv3x3(cin, cout, stride, overrides, stage)
 
     def before_every_conv(self, model: nn.Module, stage_of: Callable[[str], tuple[int, int]]) -> list[str]:
         """``"every_conv"``: a module on the input of every plain ``nn.Conv2d`` of ``model`` (outside

@@ -86,7 +86,6 @@ class PlainCNN(nn.Module):
         plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
         size = plan.bind(num_stages=len(widths), default_input_size=32)
         self.default_input_size = size
-        sk_conv = plan.conv3x3 if plan.replaces_conv else None
         strides = [1] + [2] * (len(widths) - 1)  # each later stage starts after a 2x2 pooling
         after = stage_end_flags(strides)
         in_channels = in_chans
@@ -99,7 +98,7 @@ class PlainCNN(nn.Module):
             layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
             for j in range(layers_per_stage):
                 layers.append(ConvLayer(in_channels, width, attn=attns[j], pre_attn=pre if j == 0 else None,
-                                        sk_conv=sk_conv))
+                                        sk_conv=plan.conv_factory(stage)))
                 in_channels = width
             post = plan.stage_end(stage, after[i])
             if post is not None:

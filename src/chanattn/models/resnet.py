@@ -178,7 +178,7 @@ def make_resnet_stage(block: type[nn.Module], in_channels: int, planes: int, num
     stage = plan.stage(index, out_channels, out_size, num_blocks)
     pre = plan.stage_start(plan.stage(index, in_channels, size, num_blocks))
     attns = plan.block_modules(stage)
-    sk_conv = plan.conv3x3 if plan.replaces_conv else None
+    sk_conv = plan.conv_factory(stage)
     blocks: list[nn.Module] = []
     for i in range(num_blocks):
         s = stride if i == 0 else 1

@@ -97,7 +97,6 @@ class WideResNet(nn.Module):
         plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
         size = plan.bind(num_stages=3, default_input_size=32)
         self.default_input_size = size
-        sk_conv = plan.conv3x3 if plan.replaces_conv else None
         self.depth, self.widen_factor = depth, widen_factor
         self.conv1 = conv3x3(in_chans, 16)
         strides = (1, 2, 2)
@@ -110,7 +109,8 @@ class WideResNet(nn.Module):
             attns = plan.block_modules(stage)
             blocks: list[nn.Module] = [
                 WideBasicBlock(in_channels if j == 0 else width, width, strides[i] if j == 0 else 1,
-                               dropout, attn=attns[j], pre_attn=pre if j == 0 else None, sk_conv=sk_conv)
+                               dropout, attn=attns[j], pre_attn=pre if j == 0 else None,
+                               sk_conv=plan.conv_factory(stage))
                 for j in range(n)
             ]
             post = plan.stage_end(stage, after[i])
