@@ -330,6 +330,7 @@ def test_trainer_builds_the_model_for_the_data_sets_image_size():
 
 def test_replaced_convolutions_know_their_stage():
     seen = []
-    model = chanattn.create_model("resnet8", attn="sk", attn_kwargs=lambda s: seen.append((s.index, s.size)) or {})
+    model = chanattn.create_model("resnet8", attn="sk",
+                                  attn_kwargs=lambda s: seen.append((s.index, s.size)) or {})
     assert seen == [(0, (32, 32)), (1, (16, 16)), (2, (8, 8))]
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
