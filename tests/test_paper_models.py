@@ -4,7 +4,9 @@ Every entry of chanattn.models.papers.PAPER_MODELS names its source (paper and t
 README) and is checked here: parameters within 1%, multiply-adds within 3% where the paper counts
 convolution and fully-connected multiply-adds at the stated input. Where a paper counts otherwise,
 the entry says why (``macs_note``) and a test below asserts that explanation. The models are built
-on the meta device (no weights allocated) and counted there: the whole file takes seconds.
+on the meta device (no weights allocated) and counted there: the whole file takes seconds. On the
+meta device CBAM runs its PyTorch formula, not the native CPU kernel (a C call that
+FlopCounterMode does not see), so its multiply-adds are counted.
 """
 
 from __future__ import annotations
