@@ -334,3 +334,16 @@ def test_replaced_convolutions_know_their_stage():
                                   attn_kwargs=lambda s: seen.append((s.index, s.size)) or {})
     assert seen == [(0, (32, 32)), (1, (16, 16)), (2, (8, 8))]
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_the_recorded_config_rebuilds_the_placement():
+    model = chanattn.create_model("resnet20", attn="c3", placement="block", input_size=16)
+    cfg = model.chanattn_config
+    assert cfg["model_kwargs"] == {"placement": "block", "input_size": [16, 16]}
+    rebuilt = chanattn.create_model(cfg["arch"], attn=cfg["attn"], num_classes=cfg["num_classes"],
+                                    **cfg["model_kwargs"])
+    assert _names_and_shapes(rebuilt) == _names_and_shapes(model)
+    gsop = chanattn.create_model("resnet50", attn="gsop")  # the paper's backbone option is recorded
+    assert gsop.chanattn_config["model_kwargs"] == {"last_stride": 1}
+    per_stage = chanattn.create_model("resnet20", attn="se", attn_kwargs=lambda s: {})
+    assert per_stage.chanattn_config["attn_callable"]  # a function cannot be written down
