@@ -88,9 +88,6 @@ def paper_models_markdown() -> str:
     """The README's table of the papers' models (:data:`chanattn.models.papers.PAPER_MODELS`): how
     to build each, our parameters and multiply-adds (counted on the meta device, at the paper's
     input) beside the paper's, and the accuracy the paper reports, with the sources."""
-    import torch
-
-    from .models import count_macs, count_params
     from .models.papers import PAPER_MODELS
 
     lines = ["| model | data | build (`chanattn.create_model`) | params, ours / paper | "
@@ -98,11 +95,9 @@ def paper_models_markdown() -> str:
              "|---|---|---|---|---|---|---|"]
     notes: list[str] = []
     for m in PAPER_MODELS:
-        with torch.device("meta"):
-            model = m.create()
-        params = count_params(model) / m.params_unit
+        params, macs = m.counts()
+        params /= m.params_unit
         unit = "Mi" if m.params_unit == 2**20 else "M"
-        macs = count_macs(model, (1, *m.input_size))
         mac_unit = "G" if max(macs, m.macs or 0) >= 1e9 else "M"
         mac_cell = f"{_figure(macs, mac_unit)} {mac_unit}"
         if m.macs is not None:

@@ -217,9 +217,9 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
             in_channels = w * block_cls.expansion
             size = downsampled(size, strides[i])
-        if preact:
-            self.bn = nn.BatchNorm2d(in_channels)
-            self.act = nn.ReLU(inplace=True)
+        # the pre-activation network's last BN and ReLU before the pooling (none after post-activation blocks)
+        self.bn = nn.BatchNorm2d(in_channels) if preact else nn.Identity()
+        self.act = nn.ReLU(inplace=True) if preact else nn.Identity()
         self.num_features = in_channels
         self.pool, features = make_pool(head, in_channels, head_kwargs, owner=owner)
         self.fc = nn.Linear(features, num_classes)
@@ -228,10 +228,7 @@ class CifarResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        if self.preact:
-            x = self.act(self.bn(x))
-        return x
+        return self.act(self.bn(self.layer3(self.layer2(self.layer1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.forward_features(x)))

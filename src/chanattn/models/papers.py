@@ -18,6 +18,7 @@ ResNet v1, ``stride_in_1x1=True``; ECA's table copies those counts for its v1.5 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -77,6 +78,11 @@ class PaperModel:
         args = [repr(self.arch)] + ([f"attn={self.attn!r}"] if self.attn else [])
         args += [f"{k}={dict(v) if isinstance(v, Mapping) else v!r}" for k, v in self.options.items()]
         return f"create_model({', '.join(args)})"
+
+    def counts(self, **overrides) -> tuple[int, int]:
+        """(parameters, multiply-adds per image at the paper's input) of our model, built on the meta
+        device (no weights allocated); computed once per process and ``overrides``."""
+        return _counts(self.name, tuple(sorted(overrides.items())))
 
     def create(self, **overrides) -> nn.Module:
         """The model (``overrides`` replace its options: ``device`` contexts, ``num_classes`` ...)."""
@@ -221,6 +227,18 @@ PAPER_MODELS: tuple[PaperModel, ...] = (
 )
 
 _BY_NAME = {m.name: m for m in PAPER_MODELS}
+
+
+@functools.cache
+def _counts(name: str, overrides: tuple) -> tuple[int, int]:
+    import torch
+
+    from .profile import count_macs, count_params
+
+    entry = _BY_NAME[name]
+    with torch.device("meta"):
+        model = entry.create(**dict(overrides))
+    return count_params(model), count_macs(model, (1, *entry.input_size))
 
 
 def list_paper_models() -> list[str]:
