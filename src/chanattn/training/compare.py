@@ -176,7 +176,7 @@ def run_compare(
     for name in names:
         cfg = dataclasses.replace(base, attn=None if name == BASELINE else name)
         try:
-            model = build_model(cfg, spec.num_classes, spec.in_chans)
+            model = build_model(cfg, spec.num_classes, spec.in_chans, spec.image_size)
             static[name] = {
                 "params": count_params(model),
                 "macs": count_macs(model, shape1),

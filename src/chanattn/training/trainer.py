@@ -5,7 +5,7 @@ scores a saved run.
 
     setup_device(cfg)                        torchrun's process group, this rank's device
     build_data(cfg, info, device)            data set, batch loaders, augmentation
-    build_model(cfg, classes, in_chans)      create_model(arch, attn, ...) for the data set
+    build_model(cfg, classes, in_chans, size) create_model(arch, attn, ...) for the data set
     build_optimizer(cfg, model), lr_at(...)  SGD/AdamW over param_groups(); lr of every step
     wrap_model(model, cfg, info, device)     DistributedDataParallel, torch.compile
     train_one_epoch(...)                     one pass over the training batches
@@ -175,12 +175,16 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Data:
     return Data(data, train_loader, test_loader, augment)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The model of a config: ``create_model(arch, attn, ...)`` sized for the data set."""
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
+                image_size: tuple[int, int] | None = None) -> nn.Module:
+    """The model of a config: ``create_model(arch, attn, ...)`` sized for the data set (its
+    channels, and its image size, which fixes the per-stage settings of some modules)."""
     from ..models import create_model
 
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("in_chans", in_chans)
+    if image_size is not None:
+        kwargs.setdefault("input_size", tuple(image_size))
     return create_model(
         cfg.arch, attn=cfg.attn, num_classes=num_classes, attn_kwargs=dict(cfg.attn_kwargs) or None, **kwargs
     )
@@ -600,7 +604,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     data = build_data(cfg, info, device)
-    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans).to(device)
+    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans, data.spec.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -734,7 +738,7 @@ def evaluate_checkpoint(
         download=download,
         image_size=cfg.image_size,
     )
-    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans)
+    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans, data.spec.image_size)
     load_model_state(
         model, ckpt["model"],
         f"checkpoint {path!r} ({cfg.arch}, {cfg.attn or 'no attention'}, trained on {cfg.dataset})",
