@@ -29,7 +29,9 @@ class EfficientMultiScaleAttention(AttentionModule):
     (kind ``hybrid``: it varies over groups and positions; a gate, y is 0 where x is).
 
     Layers as the official code: both convolutions C/G -> C/G with bias (3x3 with padding 1),
-    GroupNorm(C/G, C/G) (one group per channel, eps 1e-5), PyTorch's default initialisation.
+    GroupNorm(C/G, C/G) (one group per channel, eps 1e-5), PyTorch's default initialisation. The
+    GroupNorm runs through :func:`~chanattn.modules.shuffle_attention.group_norm` (the same
+    values), so that a batch of 1 at 1 x 1 with C = G is normalised instead of refused.
 
     Args:
         channels: input channels C.

@@ -58,6 +58,9 @@ class ShuffleAttention(AttentionModule):
             holds the value in use. The official code needs C % (2 G) == 0 (its reshapes fail
             otherwise); the fallback is how ``sk`` treats its groups here.
         gate_layer: default ``"sigmoid"``.
+
+    The GroupNorm runs through :func:`group_norm` (the same values), so that a batch of 1 at
+    1 x 1 with one channel per half is normalised (to about 0) instead of refused.
     """
 
     channel_multiple = 2
