@@ -14,7 +14,7 @@ from chanattn.modules.simam import SimAM
 
 
 def _minimal_energy(t: float, others: torch.Tensor, lam: float) -> float:
-    """min over (w, b) of the paper's Eq. (2):
+    """min over (w, b) of the paper's energy (binary labels, with the regulariser):
     (1 - (w t + b))^2 + mean_i (-1 - (w x_i + b))^2 + lam w^2, solved as weighted least squares."""
     n = others.numel()
     rows = [torch.tensor([t, 1.0], dtype=torch.float64)]
@@ -28,8 +28,8 @@ def _minimal_energy(t: float, others: torch.Tensor, lam: float) -> float:
 
 @pytest.mark.parametrize("lam", [1e-4, 0.1])
 def test_closed_form_is_the_minimal_energy_of_each_neuron(lam):
-    # The paper's Eq. (3)-(4): with the mean and variance of the *other* neurons, the minimum of
-    # Eq. (2) is 4 (var + lam) / ((t - mu)^2 + 2 var + 2 lam).
+    # The paper's closed form: with the mean and variance of the *other* neurons, the minimum of
+    # the energy is 4 (var + lam) / ((t - mu)^2 + 2 var + 2 lam).
     torch.manual_seed(0)
     x = torch.randn(11, dtype=torch.float64) * 1.5 + 0.3
     for k in range(x.numel()):
@@ -42,7 +42,7 @@ def test_closed_form_is_the_minimal_energy_of_each_neuron(lam):
 @pytest.mark.parametrize("lam", [1e-4, 0.1])
 def test_factor_is_sigmoid_of_the_inverse_minimal_energy(lam):
     # The module, as the official code, shares one mean and one variance per channel (the mean of
-    # all H W neurons, the sum of squares over H W - 1): the minimal energy of Eq. (2) against
+    # all H W neurons, the sum of squares over H W - 1): the minimal energy against
     # "others" that have exactly these statistics (the channel's values rescaled about its mean).
     torch.manual_seed(1)
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64) * 2

@@ -20,9 +20,9 @@ __all__ = ["SimAM"]
 class SimAM(AttentionModule):
     """y = x * sigmoid(1 / e*), e* = 4 (var + lambda) / ((x - mu)^2 + 2 var + 2 lambda): no parameters.
 
-    Each neuron t of a channel gets the minimal energy of the paper's Eq. (2), a linear separation
+    Each neuron t of a channel gets the minimal energy of the paper's energy function, a linear separation
     of t (label 1) from the other neurons of its channel (label -1) with a penalty lambda * w^2;
-    its closed form (Eq. 4) is e* above, mu and var the channel's mean and variance, computed once
+    its closed form is e* above, mu and var the channel's mean and variance, computed once
     per channel and shared by its neurons. 1 / e* = (x - mu)^2 / (4 (var + lambda)) + 1/2, always
     in [1/2, inf): a factor per (b, c, h, w), hence the ``hybrid`` kind (a gate: y is 0 where x is).
 
