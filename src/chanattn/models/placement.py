@@ -6,8 +6,9 @@ shared by every model of :mod:`chanattn.models` and by :func:`chanattn.attach`.
   the shortcut;
 - ``"stage"`` (``bam``): one module after each stage that is followed by a downsampling stage
   (stages 1-3 of an ImageNet ResNet, 1-2 of a CIFAR ResNet), not inside blocks;
-- ``"conv"`` (``sk``): the module replaces a block's 3x3 convolution (and the BN and ReLU after
-  it, which SK brings in each of its branches);
+- ``"conv"`` (``sk``, ``splat``): the module replaces a block's 3x3 convolution (and the BN and
+  ReLU after it, which SK brings in each of its branches and split attention after its grouped
+  convolution);
 - ``"shared"`` (``dia``): per block like ``"block"``, with one LSTM cell and one state shared by
   the blocks of a stage (:func:`chanattn.modules.dianet.make_dia_stage`);
 - ``"last_block"`` (``gsop``): like ``"block"``, in the last block of each stage only.
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 #: The registry names whose placement is not "block".
-PLACEMENTS: dict[str, str] = {"bam": "stage", "sk": "conv", "dia": "shared", "gsop": "last_block"}
+PLACEMENTS: dict[str, str] = {"bam": "stage", "sk": "conv", "splat": "conv", "dia": "shared",
+                              "gsop": "last_block"}
 
 #: ``attn`` of :func:`chanattn.create_model`: a registered name, a callable ``f(channels, **kw)``
 #: returning a module (placed like ``"block"``), or None.
