@@ -146,10 +146,11 @@ def _gc_macs(c: int, hw: int, r: int = 16) -> int:
 
 def test_resnet50_with_gc_r16_after_c3_to_c5():
     """ResNet-50 + GC (r16) in every block of c3, c4, c5 (after the last 1x1 convolution and its
-    BN, before the addition: the official ``after_conv3``): 28.08 M parameters, as the ImageNet
-    row "ResNet-50 + GC (r16)" of the GCNet paper (arXiv:1904.11492, the image classification
-    table). The FLOPs added are checked against the closed form (the paper's FLOPs use another
-    counting convention for the backbone)."""
+    BN, before the addition: the official ``after_conv3``): 28.08 M parameters, the ImageNet row
+    "ResNet-50 + GC (r16)" of the GCNet paper (arXiv:1904.11492, image classification table; the
+    figure could not be re-read from the paper's text where this test was written, and GC in all
+    four stages would give 28.11 M). The parameters and FLOPs added are checked against their
+    closed forms (the paper's FLOPs use another counting convention for the backbone)."""
     base = chanattn.create_model("resnet50")
     model = chanattn.create_model("resnet50")
     chanattn.attach(model, "gc", targets=lambda n, m: n.count(".") == 1 and n.split(".")[0] in

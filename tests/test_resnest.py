@@ -149,12 +149,13 @@ def _resnest50_with_ours(avd_first: bool) -> torch.nn.Module:
 
 
 def test_resnest50_parameters_and_flops():
-    """ResNeSt-50 (2s1x64d) with our split attention: 27.5 M parameters (ResNeSt paper, ImageNet
-    table; the official ablation.md, row "ResNeSt-50-fast 2s1x64d | 27.5M | 4.34"), 5.39 G FLOPs
-    (the paper's ResNeSt-50, avd after the split attention) and 4.34 G (the official ablation.md,
-    the "fast" model: avd before it). FLOPs here are chanattn.count_macs (convolutions and products,
-    multiply-adds) at 224 x 224: 5.371 G and 4.331 G, within 1% (the pooling layers and products
-    that count_macs leaves out account for the rest)."""
+    """ResNeSt-50 (2s1x64d) with our split attention: 27.5 M parameters (the official ablation.md,
+    row "ResNeSt-50-fast 2s1x64d | 27.5M | 4.34", and the ResNeSt paper's ImageNet table), 5.39 G
+    FLOPs (the paper's ResNeSt-50, avd after the split attention: the paper's table, as issue 16
+    quotes it) and 4.34 G (the official ablation.md, the "fast" model: avd before it). FLOPs here
+    are chanattn.count_macs (convolutions and products, multiply-adds) at 224 x 224: 5.371 G and
+    4.331 G, within 1% (the pooling layers and products that count_macs leaves out account for
+    the rest)."""
     model = _resnest50_with_ours(avd_first=False)
     assert round(count_params(model) / 1e6, 1) == 27.5
     assert abs(chanattn.count_macs(model) - 5.39e9) < 0.01 * 5.39e9
