@@ -39,6 +39,10 @@ MAY_MASK: dict[str, tuple[tuple[float, ...], str]] = {
            "every product is -Inf after BN (certain on a 1 x 1 map with a depthwise grouping and "
            "negative weights: one weight per branch), the ReLU gives its limit 0 and the output is "
            "finite"),
+    "splat": ((math.inf, -math.inf),
+              "splat, like sk, is a grouped convolution, BN and ReLU, not a gate: an Inf meets the kernels' "
+              "weights, and where every product is -Inf after BN (certain on a 1 x 1 map at C = 2: one "
+              "weight per split and channel), the ReLU gives its limit 0 and the output is finite"),
     "encnet": ((-math.inf,),
                "y = relu(x * (1 + gamma)), 1 + gamma >= 1: the final ReLU maps a -Inf to its limit 0 "
                "(documented in ContextEncoding); the context path starts with conv-BN-ReLU, which does "
@@ -47,7 +51,7 @@ MAY_MASK: dict[str, tuple[tuple[float, ...], str]] = {
 }
 # Modules whose output is not y = x * a at each position (a factor of the input), so the non-finite
 # value may move: any non-finite output counts.
-NOT_A_GATE = {"c3", "sk", "encnet"}
+NOT_A_GATE = {"c3", "sk", "splat", "encnet"}
 
 CASES: Counter[str] = Counter()
 

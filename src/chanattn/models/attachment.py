@@ -503,8 +503,9 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
     plan = AttnPlan(name, attn_kwargs if attn_kwargs is not None else kwargs, placement=placement,
                     owner="attach")
     if plan.replaces_conv:
-        raise InputError("attach: 'sk' replaces the blocks' 3x3 convolutions, so attaching it would drop "
-                         "their weights; build the model with create_model(arch, attn='sk') instead")
+        raise InputError(f"attach: {plan.name!r} replaces the blocks' 3x3 convolutions, so attaching it "
+                         f"would drop their weights; build the model with create_model(arch, "
+                         f"attn={plan.name!r}) instead")
     existing = _existing_attention(model)
     if existing:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")

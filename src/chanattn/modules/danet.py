@@ -18,7 +18,10 @@ AFFINITIES = ("official", "paper")
 
 @register("danet_cam", title="DANet channel attention module (CAM)",
           paper="Dual Attention Network for Scene Segmentation (CVPR 2019, arXiv:1809.02983)",
-          year=2019, kind="communication")
+          year=2019, kind="communication", placement="head",
+          placement_note="once, on the backbone's last feature map (DANet's head; the paper applies it "
+                         "to a 3x3 convolution's C/4 channels beside the position attention module, "
+                         "which chanattn does not build)")
 class DANetChannelAttention(AttentionModule):
     """y = gamma * (A X) + X, A = softmax_j(max_j' E_ij' - E_ij), E = X X^T (C x C), X = x as (C, H W).
 

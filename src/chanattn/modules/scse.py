@@ -19,7 +19,9 @@ FUSIONS = ("add", "max")
 @register("scse", title="Concurrent spatial and channel SE (scSE)",
           paper="Concurrent Spatial and Channel 'Squeeze & Excitation' in Fully Convolutional Networks "
                 "(MICCAI 2018, arXiv:1803.02579)",
-          year=2018, kind="hybrid")
+          year=2018, kind="hybrid",
+          placement_note="per block (a choice: the paper puts it after each convolutional block of "
+                         "segmentation FCNs, which have no residual blocks)")
 class ConcurrentSpatialChannelSE(AttentionModule):
     """y = x * s_c + x * s_s (or the element-wise max of the two), s_c = cSE(x), s_s = sSE(x).
 

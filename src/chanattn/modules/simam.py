@@ -16,7 +16,9 @@ __all__ = ["SimAM"]
 @register("simam", title="SimAM",
           paper="SimAM: A Simple, Parameter-Free Attention Module for Convolutional Neural Networks "
                 "(ICML 2021, PMLR 139:11863-11874; no arXiv version)",
-          year=2021, kind="hybrid")
+          year=2021, kind="hybrid",
+          placement_note="per block, after the last BN (a choice: the official networks put it inside "
+                         "each block after the 3x3 convolution, before its BN)")
 class SimAM(AttentionModule):
     """y = x * sigmoid(1 / e*), e* = 4 (var + lambda) / ((x - mu)^2 + 2 var + 2 lambda): no parameters.
 
