@@ -23,6 +23,16 @@ def min_size(name: str) -> int:
     return chanattn.module_info(name).min_size
 
 
+def in_input_order(m: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``y`` with its channels in the input's order, for a module whose output permutes channels
+    by a fixed order (``sa``'s channel shuffle: ``m.output_channel_order()``, y[:, j] is channel
+    order[j] of x * a): the kind invariants are checked on the gate before the permutation."""
+    order = getattr(m, "output_channel_order", None)
+    if order is None:
+        return y
+    return y.index_select(1, torch.argsort(order()).to(y.device))
+
+
 def randomise_norms(model: torch.nn.Module, seed: int = 1, affine: bool = True) -> None:
     """Give every BatchNorm non-trivial running statistics (and, with ``affine``, weights and
     biases), so that eval-mode tests do not pass only because BN is the identity at init."""

@@ -82,7 +82,7 @@ def test_identity_module_leaves_the_output_unchanged(build):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-        chanattn.attach(model, "gct")
+        chanattn.attach(model, "gct", placement="block")  # one per block: the rewritten block forwards
         got = model(x)
     assert len(_attention_modules(model)) == len(find_blocks(model)) > 0
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -239,7 +239,8 @@ def test_timm_resnet_uses_its_se_slot():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-    chanattn.attach(model, "gct")
+    chanattn.attach(model, "gct", placement="block")  # in timm's se slot of every block
+    assert len(_attention_modules(model)) == len(find_blocks(model)) > 0
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     model = chanattn.attach(timm.create_model("resnet18", pretrained=False), "se")

@@ -119,14 +119,21 @@ def test_modules_that_cannot_take_the_shape_are_skipped_rows():
     assert rec["note"].startswith("skipped: one call takes")
 
 
-@pytest.mark.parametrize("name", ["se", "ese", "eca", "cbam", "cbam_channel", "cbam_spatial", "sk",
-                                  "ge_theta_minus"])
-def test_timm_counterparts_compute_the_same_function(name):
+# (name, options): the defaults, or the options under which timm computes the same function
+COUNTERPARTS = [("se", {}), ("ese", {}), ("eca", {}), ("cbam", {}), ("cbam_channel", {}),
+                ("cbam_spatial", {}), ("sk", {}), ("ge_theta_minus", {}), ("ceca", {}), ("gc", {}),
+                ("gca", {}), ("lcbam", {}),
+                ("coord", {}), ("scoord", {}), ("ela", dict(shared=False, num_groups=1, act_layer="silu")),
+                ("strip", {}), ("splat", {}), ("bat", dict(bias=False, drop_rate=0.0))]
+
+
+@pytest.mark.parametrize(("name", "options"), COUNTERPARTS, ids=[n for n, _ in COUNTERPARTS])
+def test_timm_counterparts_compute_the_same_function(name, options):
     pytest.importorskip("timm")
     from chanattn.bench.timm_refs import timm_counterpart
 
     shape = (2, 64, 7, 7)
-    ours = chanattn.create(name, 64)
+    ours = chanattn.create(name, 64, **options)
     theirs, desc = timm_counterpart(chanattn.module_info(name).name, ours, shape)
     assert desc.startswith("timm.layers.")
     s, d = theirs.state_dict(), ours.state_dict()

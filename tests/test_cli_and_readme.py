@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import chanattn
-from chanattn.catalog import END, START, markdown_table
+from chanattn.catalog import END, PAPERS_END, PAPERS_START, START, markdown_table, paper_models_markdown
 from chanattn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,16 @@ def test_readme_table_is_up_to_date():
     assert table == markdown_table().strip(), "README table is stale: run `make readme`"
     for name in chanattn.list_modules():
         assert f"`{name}`" in table
+
+
+def test_readme_paper_models_table_is_up_to_date():
+    from chanattn.models.papers import PAPER_MODELS
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split(PAPERS_START, 1)[1].split(PAPERS_END, 1)[0].strip()
+    assert table == paper_models_markdown().strip(), "README paper-models table is stale: run `make readme`"
+    for model in PAPER_MODELS:
+        assert f"| {model.title} |" in table
 
 
 def test_list_prints_every_module(capsys):

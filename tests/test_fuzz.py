@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chanattn
-from conftest import ALL_MODULES, randomise_norms
+from conftest import ALL_MODULES, in_input_order, randomise_norms
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
@@ -39,6 +39,10 @@ MAY_MASK: dict[str, tuple[tuple[float, ...], str]] = {
            "every product is -Inf after BN (certain on a 1 x 1 map with a depthwise grouping and "
            "negative weights: one weight per branch), the ReLU gives its limit 0 and the output is "
            "finite"),
+    "splat": ((math.inf, -math.inf),
+              "splat, like sk, is a grouped convolution, BN and ReLU, not a gate: an Inf meets the kernels' "
+              "weights, and where every product is -Inf after BN (certain on a 1 x 1 map at C = 2: one "
+              "weight per split and channel), the ReLU gives its limit 0 and the output is finite"),
     "encnet": ((-math.inf,),
                "y = relu(x * (1 + gamma)), 1 + gamma >= 1: the final ReLU maps a -Inf to its limit 0 "
                "(documented in ContextEncoding); the context path starts with conv-BN-ReLU, which does "
@@ -47,7 +51,7 @@ MAY_MASK: dict[str, tuple[tuple[float, ...], str]] = {
 }
 # Modules whose output is not y = x * a at each position (a factor of the input), so the non-finite
 # value may move: any non-finite output counts.
-NOT_A_GATE = {"c3", "sk", "encnet"}
+NOT_A_GATE = {"c3", "sk", "splat", "encnet"}
 
 CASES: Counter[str] = Counter()
 
@@ -83,6 +87,7 @@ def _batch_stats_error(m, name: str, exc: ValueError, b: int) -> bool:
 
 def _check_kind(name: str, m, x: torch.Tensor, y: torch.Tensor) -> None:
     kind = chanattn.module_info(name).kind
+    y = in_input_order(m, y)  # sa: the gate before its channel shuffle
     base = torch.relu(x) if getattr(m, "final_relu", False) else x
     valid = base != 0
     yd, bd = y.double(), base.double()
@@ -100,7 +105,7 @@ def _check_kind(name: str, m, x: torch.Tensor, y: torch.Tensor) -> None:
         # a gate y = x * a(x): zero wherever the input is zero
         mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)) < 0.3
         with torch.no_grad():
-            y0 = m(x.masked_fill(mask, 0.0))
+            y0 = in_input_order(m, m(x.masked_fill(mask, 0.0)))
         assert torch.isfinite(y0).all() and (y0[mask] == 0).all(), f"{name}: not zero where x is zero"
 
 
@@ -141,7 +146,7 @@ def test_valid_inputs(name, data):
     bad[pos] = value
     CASES[f"non-finite {value}"] += 1
     with torch.no_grad():
-        yb = m(bad)
+        yb = in_input_order(m, m(bad))
     if name in NOT_A_GATE:
         finite = bool(torch.isfinite(yb).all())
     else:

@@ -28,7 +28,9 @@ def run_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ALL_MODULES)
 def test_save_and_load_pretrained_every_module(name, tmp_path):
-    model = chanattn.create_model("resnet8", attn=name, in_chans=1, num_classes=10)
+    # built for the 8 x 8 inputs below (ge_theta's global gather takes that size only): the config
+    # keeps input_size, so the loaded model is built for it too
+    model = chanattn.create_model("resnet8", attn=name, in_chans=1, num_classes=10, input_size=8)
     randomise_norms(model)
     folder = chanattn.save_pretrained(model, tmp_path / name)
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]

@@ -11,15 +11,15 @@ from torch import nn
 
 import chanattn
 from chanattn.models import count_macs, count_params, model_info
-from chanattn.models.cifar_resnet import ZeroPadShortcut
-from chanattn.models.placement import AttnAfter
+from chanattn.models.cifar_resnet import CifarResNet, ZeroPadShortcut
+from chanattn.models.placement import AttnAfter, AttnPlan
 from chanattn.models.resnet import BasicBlock, Bottleneck, ResNet
 from chanattn.modules.gsop import GSoP, GSoPHead
 from chanattn.modules.selective_kernel import SelectiveKernel
 from conftest import randomise_norms
 
 # One module per placement rule and per kind (channel, spatial, hybrid, branch, communication).
-REPRESENTATIVES = ["se", "cbam_spatial", "cbam", "bam", "sk", "c3", "dia", "gsop"]
+REPRESENTATIVES = ["se", "cbam_spatial", "cbam", "bam", "sk", "c3", "dia", "gsop", "gct", "soca", "encnet"]
 
 # Every model class in a small configuration: name -> (build(attn, num_classes), input size). The
 # ImageNet bottleneck ResNets with one block per stage (the blocks and the stage builder of
@@ -35,11 +35,15 @@ SMALL = {
                                         attn=attn), 32),
     "mobilenet_v2": (lambda attn, nc: chanattn.create_model("mobilenet_v2", attn, nc, stem="cifar",
                                                             width_mult=0.5), 16),
+    "preact_bottleneck": (lambda attn, nc: CifarResNet(11, nc, block="bottleneck", attn=attn), 16),
 }
 
 
 def test_representatives_cover_every_kind_and_placement():
+    from chanattn.registry import PLACEMENTS
+
     assert {chanattn.module_info(n).kind for n in REPRESENTATIVES} == set(chanattn.KINDS)
+    assert {chanattn.module_info(n).placement for n in REPRESENTATIVES} == set(PLACEMENTS)
 
 
 
@@ -229,9 +233,16 @@ def test_dia_shares_one_cell_per_stage():
 
 
 def test_gsop_in_the_last_block_of_each_stage_and_the_covariance_head():
-    model = chanattn.create_model("resnet20", attn="gsop", head="gsop", head_kwargs={"rd_channels": 16})
-    for stage in (model.layer1, model.layer2, model.layer3):
+    net1 = chanattn.create_model("resnet20", attn="gsop")
+    for stage in (net1.layer1, net1.layer2, net1.layer3):
         assert [isinstance(b.attn, GSoP) for b in stage] == [False, False, True]
+    # the official code: the reduction with stride 2 in the first stage only
+    strides = [s[-1].attn.conv_reduce.stride for s in (net1.layer1, net1.layer2, net1.layer3)]
+    assert strides == [(2, 2), (1, 1), (1, 1)]
+    # GSoP-Net2 (the covariance head): no GSoP block in the last stage, as the official main.py
+    model = chanattn.create_model("resnet20", attn="gsop", head="gsop", head_kwargs={"rd_channels": 16})
+    assert [[isinstance(b.attn, GSoP) for b in s] for s in (model.layer1, model.layer2, model.layer3)] == \
+        [[False, False, True], [False, False, True], [False, False, False]]
     assert isinstance(model.pool, GSoPHead) and model.fc.in_features == 16 * 17 // 2
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
@@ -277,7 +288,8 @@ def test_list_models_and_info():
 
 @pytest.mark.parametrize("attn", [None, *chanattn.list_modules()])
 def test_resnet8_on_8x8_grey_digits_with_every_module(attn):
-    model = chanattn.create_model("resnet8", attn=attn, in_chans=1)
+    # built for 8 x 8 inputs: the global gathers of ge_theta/ge_theta_plus take that size only
+    model = chanattn.create_model("resnet8", attn=attn, in_chans=1, input_size=8)
     _check_train_and_eval(model, torch.randn(2, 1, 8, 8), 10)
 
 
@@ -285,6 +297,11 @@ def test_resnet8_on_8x8_grey_digits_with_every_module(attn):
 @pytest.mark.parametrize("arch", list(SMALL))
 def test_every_model_class_with_every_kind(arch, attn):
     build, size = SMALL[arch]
+    if attn == "soca" and arch in ("bottleneck", "resnext"):
+        # SoCA's Newton-Schulz on 2048 x 2048 matrices in float64 takes minutes here: the placement
+        # ("group_end", after every stage) with a cheap module instead; SoCA itself runs in the
+        # other model classes
+        attn = AttnPlan("se", placement="group_end")
     _check_train_and_eval(build(attn, 5), torch.randn(2, 3, size, size), 5)
 
 
@@ -315,7 +332,7 @@ def _check_compiled(model: nn.Module, x: torch.Tensor) -> None:
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
-RESNET8_COMPILE = ["cbam_spatial", "cbam", "c3"]
+RESNET8_COMPILE = ["cbam_spatial", "cbam", "c3", "gct", "soca"]
 
 
 @pytest.mark.parametrize("attn", RESNET8_COMPILE)
@@ -326,6 +343,7 @@ def test_compile_in_resnet8(attn):
 # One module per model class (CifarResNet: resnet8 above), together covering every placement rule
 # and every kind.
 COMPILE_CASES = [("wide_resnet", "sk"), ("plain_cnn", "c3"), ("mobilenet_v2", "bam"), ("resnet18", "dia"),
+                 ("preact_bottleneck", "encnet"),
                  ("bottleneck", "gsop"), ("resnext", "se")]
 
 
@@ -357,8 +375,10 @@ def test_backbone_initialisation_leaves_the_attention_modules_alone():
     # PyTorch's default init, uniform within 1/sqrt(fan_in), not the backbone's Kaiming normal
     assert float(head.conv_reduce.weight.detach().abs().max()) <= 1 / math.sqrt(64)
     gct = chanattn.create_model("resnet8", attn="gct")
-    for block in _blocks(gct):
-        assert not block.attn.gamma.any() and not block.attn.beta.any()
+    modules = [m for m in gct.modules() if isinstance(m, chanattn.module_info("gct").cls)]
+    assert len(modules) == sum(isinstance(m, nn.Conv2d) for m in gct.modules())  # one before each convolution
+    for module in modules:
+        assert not module.gamma.any() and not module.beta.any()
 
 
 def test_cli_models_lists_every_architecture(capsys):

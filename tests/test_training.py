@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
 
@@ -41,6 +42,20 @@ TINY = {
 
 def tiny_config(out, **kw) -> TrainConfig:
     return resolve_config("digits", overrides={**TINY, "epochs": 2, "out": str(out), **kw})
+
+
+def run_session(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a new session whose every process (torchrun's workers too) is killed
+    when it runs past ``timeout``."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def digest(run_dir) -> str:
@@ -423,15 +438,20 @@ def test_compare_cli_prints_the_table(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- distributed
 def test_torchrun_two_cpu_processes(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): both ranks end with the same weights and metrics."""
+    """torchrun --nproc_per_node 2 (gloo): both ranks end with the same weights and metrics; a run
+    whose workers are killed (SIGKILL) in epoch 2 and restarted by torchrun (--max-restarts 1, the
+    same command with --resume auto) ends with the same weights (SHA-256) and each epoch once."""
     out = tmp_path / "ddp"
-    args = [
+    torchrun = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node",
         "2",
+    ]
+    args = [
+        *torchrun,
         "-m",
         "chanattn",
         "train",
@@ -455,7 +475,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
         "100",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_session(args, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
@@ -472,6 +492,16 @@ def test_torchrun_two_cpu_processes(tmp_path):
     result = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert result["top1"] == pytest.approx(json.loads(lines[-1])["test_top1"])
     assert proc.stdout.count("finished:") == 1
+
+    elastic = tmp_path / "elastic"
+    restart = [*torchrun, "--max-restarts", "1", *args[len(torchrun):]]
+    restart[restart.index(str(out))] = str(elastic)
+    env = {**env, "CHANATTN_FAULT": "kill@2.3"}  # fires in the first attempt only
+    proc = run_session([*restart, "--resume", "auto"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exitcode: -9" in proc.stderr and "resume " in proc.stderr  # killed, then resumed
+    assert digest(elastic) == digest(out) == summary["weight_digests"][0]
+    assert [json.loads(x)["epoch"] for x in (elastic / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 # ------------------------------------------------------------------------- other data and options
@@ -650,4 +680,6 @@ def test_debug_flag_internal_errors_and_interrupts(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(trainer, "train", interrupted)
     assert main(["train", "--out", str(tmp_path / "z")]) == 130
-    assert "interrupted (a training run continues with --resume DIR)" in capsys.readouterr().err
+    # the hint works before the first checkpoint too (tests/test_runs.py runs it)
+    hint = "interrupted (to continue, run the same command with --resume auto added)"
+    assert hint in capsys.readouterr().err

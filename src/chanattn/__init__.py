@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "KINDS": ".registry",
+    "PLACEMENTS": ".registry",
     "ModuleInfo": ".registry",
+    "Stage": ".registry",
     "create": ".registry",
     "list_modules": ".registry",
     "module_info": ".registry",
@@ -30,6 +32,7 @@ _EXPORTS = {
     "attach": ".models",
     "count_macs": ".models",
     "create_model": ".models",
+    "create_paper_model": ".models.papers",
     "list_models": ".models",
     "ChanattnError": ".errors",
     "from_pretrained": ".hub",
@@ -43,14 +46,17 @@ _EXPORTS = {
 
 __all__ = [
     "KINDS",
+    "PLACEMENTS",
     "AttentionModule",
     "ChanattnError",
     "ModuleInfo",
+    "Stage",
     "__version__",
     "attach",
     "count_macs",
     "create",
     "create_model",
+    "create_paper_model",
     "explain",
     "fast_paths",
     "from_pretrained",
@@ -73,5 +79,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .hub import from_pretrained, load_model, push_to_hub, save_pretrained
     from .layers import AttentionModule, no_weight_decay_names
     from .models import attach, count_macs, create_model, list_models
-    from .registry import KINDS, ModuleInfo, create, list_modules, module_info, register
+    from .models.papers import create_paper_model
+    from .registry import KINDS, PLACEMENTS, ModuleInfo, Stage, create, list_modules, module_info, register
     from .timm_compat import timm_layer

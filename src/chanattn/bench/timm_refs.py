@@ -24,6 +24,25 @@ sk                        ``SelectiveKernel(C, groups=<ours>, rd_channels=<ours>
 ge_theta_minus            ``GatherExcite(C, extent=<ours>, use_mlp=False)``
 ge_theta, ge_theta_plus   ``GatherExcite(C, extra_params=True, ...)``, which timm 1.0.31 fails
                           to construct (a TypeError in ``create_conv2d``): the bench reports it
+ceca                      ``CecaModule(kernel_size=<ours>)`` (with ``act_layer`` where ours has
+                          a bias: timm's act_layer only adds the bias)
+gc                        ``GlobalContext(C, fuse_add=True, fuse_scale=False, ...)``, timm's
+                          ``create_attn("gca")``; LayerNorm eps set to ours
+gca                       ``GlobalContext(C, ...)``, timm's ``create_attn("gc")``
+lcbam                     ``LightCbamModule(C, rd_channels=<ours>, mlp_bias=<ours>)`` (sigmoid
+                          gates only: timm ignores gate_layer)
+coord                     ``CoordAttn(C, rd_channels=<ours>, bias=<ours>)``
+scoord                    ``SimpleCoordAttn(C, rd_channels=<ours>, bias=<ours>)``
+ela                       ``EfficientLocalAttn(C, kernel_size=<ours>)``, only for ours with
+                          ``shared=False, num_groups=1, act_layer="silu"`` (timm's design; our
+                          default is the paper's shared convolution, GroupNorm(16), no SiLU)
+strip                     ``StripAttn(C, kernel_size=<ours>, bias=<ours>)``
+splat                     ``SplitAttn(C, out, stride, groups=<ours>, radix=<ours>, rd_channels=d / R,
+                          norm_layer=BatchNorm2d)``
+bat                       ``BatNonLocalAttn(C, rd_channels=<ours>, groups=<ours>,
+                          block_size=<ours>, drop_rate=<ours>)``, only for ours with
+                          ``bias=False`` (timm's 1x1 convolutions have none) and H, W multiples
+                          of the block size (timm asserts it)
 ========================  =====================================================================
 
 Other modules have no timm counterpart.
@@ -109,6 +128,94 @@ def _ge(tl, ours, shape):
     return tl.GatherExcite(c, **kw), desc
 
 
+def _eps_of(ours: nn.Module) -> float:
+    norm = ours.channel_add[1] if ours.channel_add is not None else ours.channel_mul[1]
+    return float(getattr(norm, "eps", 1e-5))
+
+
+def _global_context(tl, ours, shape):
+    c = shape[1]
+    add, mul = ours.channel_add is not None, ours.channel_mul is not None
+    theirs = tl.GlobalContext(c, use_attn=ours.conv_mask is not None, fuse_add=add, fuse_scale=mul,
+                              rd_channels=ours.rd_channels)
+    eps = _eps_of(ours)
+    for mlp in (theirs.mlp_add, theirs.mlp_scale):
+        if mlp is not None:
+            mlp.norm.eps = eps  # timm's LayerNorm2d: 1e-6; the official code (ours): 1e-5
+    return theirs, (f"timm.layers.GlobalContext({c}, fuse_add={add}, fuse_scale={mul}, "
+                    f"rd_channels={ours.rd_channels})")
+
+
+def _ceca(tl, ours, shape):
+    k, bias = ours.kernel_size, _has_bias(ours.conv)
+    extra = {"act_layer": nn.Identity} if bias else {}
+    return tl.CecaModule(kernel_size=k, **extra), f"timm.layers.CecaModule(kernel_size={k})"
+
+
+def _lcbam(tl, ours, shape):
+    c, bias = shape[1], _has_bias(ours.fc1)
+    if _gate_name(ours) != "sigmoid":
+        raise InputError("timm's LightCbamModule gates with the sigmoid only")
+    return (tl.cbam.LightCbamModule(c, rd_channels=ours.rd_channels, mlp_bias=bias,
+                                    spatial_kernel_size=ours.kernel_size),
+            f"timm.layers.LightCbamModule({c}, rd_channels={ours.rd_channels}, mlp_bias={bias})")
+
+
+def _coord(tl, ours, shape):
+    c, bias = shape[1], _has_bias(ours.conv1)
+    norm = None if isinstance(ours.bn1, nn.Identity) else type(ours.bn1)
+    theirs = tl.coord_attn.CoordAttn(c, rd_channels=ours.rd_channels, bias=bias, act_layer=type(ours.act),
+                                     norm_layer=norm, gate_layer=_gate_name(ours))
+    return theirs, f"timm.layers.CoordAttn({c}, rd_channels={ours.rd_channels}, bias={bias})"
+
+
+def _scoord(tl, ours, shape):
+    c, bias = shape[1], _has_bias(ours.fc1)
+    theirs = tl.coord_attn.SimpleCoordAttn(c, rd_channels=ours.rd_channels, bias=bias,
+                                           act_layer=type(ours.act), gate_layer=_gate_name(ours))
+    return theirs, f"timm.layers.SimpleCoordAttn({c}, rd_channels={ours.rd_channels}, bias={bias})"
+
+
+def _ela(tl, ours, shape):
+    c = shape[1]
+    if ours.shared or ours.num_groups != 1 or not isinstance(ours.act, nn.SiLU):
+        raise InputError("timm's EfficientLocalAttn has per-direction convolutions, GroupNorm(1) and a SiLU: "
+                         "compare ela with shared=False, num_groups=1, act_layer='silu'")
+    return (tl.coord_attn.EfficientLocalAttn(c, kernel_size=ours.kernel_size),
+            f"timm.layers.EfficientLocalAttn({c}, kernel_size={ours.kernel_size})")
+
+
+def _strip(tl, ours, shape):
+    c = shape[1]
+    bias = _has_bias(getattr(ours, "conv_h", None))
+    return (tl.coord_attn.StripAttn(c, use_conv=ours.use_conv, kernel_size=ours.kernel_size, bias=bias,
+                                    gate_layer=_gate_name(ours)),
+            f"timm.layers.StripAttn({c}, kernel_size={ours.kernel_size}, bias={bias})")
+
+
+def _splat(tl, ours, shape):
+    c, r = shape[1], ours.radix
+    if ours.rd_channels % r:
+        raise InputError(f"timm's SplitAttn takes d / radix: d = {ours.rd_channels} is not a multiple of {r}")
+    kw = dict(stride=ours.stride, groups=ours.cardinality, radix=r, rd_channels=ours.rd_channels // r,
+              norm_layer=type(ours.bn0) if not isinstance(ours.bn0, nn.Identity) else None)
+    desc = ", ".join(f"{k}={v!r}" for k, v in kw.items() if k != "norm_layer")
+    return (tl.SplitAttn(c, ours.out_channels, **kw),
+            f"timm.layers.SplitAttn({c}, {ours.out_channels}, {desc})")
+
+
+def _bat(tl, ours, shape):
+    c, s = shape[1], ours.block_size
+    if _has_bias(ours.reduce[0]):
+        raise InputError("timm's BatNonLocalAttn has no bias in its 1x1 convolutions: compare bat with "
+                         "bias=False")
+    if shape[2] % s or shape[3] % s:
+        raise InputError(f"timm's BatNonLocalAttn takes only H, W that are multiples of block_size={s}")
+    kw = dict(block_size=s, groups=ours.groups, rd_channels=ours.rd_channels, drop_rate=ours.dropout.p)
+    return (tl.BatNonLocalAttn(c, **kw),
+            f"timm.layers.BatNonLocalAttn({c}, {', '.join(f'{k}={v!r}' for k, v in kw.items())})")
+
+
 _BUILDERS: dict[str, Callable] = {
     "se": _se,
     "se_var3": _ese,
@@ -120,6 +227,16 @@ _BUILDERS: dict[str, Callable] = {
     "ge_theta_minus": _ge,
     "ge_theta": _ge,
     "ge_theta_plus": _ge,
+    "ceca": _ceca,
+    "gc": _global_context,
+    "gca": _global_context,
+    "lcbam": _lcbam,
+    "coord": _coord,
+    "scoord": _scoord,
+    "ela": _ela,
+    "strip": _strip,
+    "splat": _splat,
+    "bat": _bat,
 }
 
 #: Registry names that have a timm counterpart (construction may still fail, see the table).

@@ -33,9 +33,20 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("compare", "compare"), ("bench", "bench"), ("export", "export"),
 )
 
-#: What an interrupted command can do next.
+def _train_hint(args: argparse.Namespace) -> str:
+    """How an interrupted ``train`` continues; works also before its first checkpoint."""
+    resume = getattr(args, "resume", None)
+    if resume == "auto":
+        return " (run the same command again to continue it)"
+    if resume is not None:
+        return f" (run the same command again to continue from {resume}'s last checkpoint)"
+    added = "in place of --overwrite" if getattr(args, "overwrite", False) else "added"
+    return f" (to continue, run the same command with --resume auto {added})"
+
+
+#: What an interrupted command can do next: a text, or a function of the parsed arguments.
 _INTERRUPT_HINTS = {
-    "train": " (a training run continues with --resume DIR)",
+    "train": _train_hint,
     "compare": " (run the same compare again: finished runs are kept)",
 }
 
@@ -66,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"chanattn {args.command}: interrupted{_INTERRUPT_HINTS.get(args.command, '')}",
+        hint = _INTERRUPT_HINTS.get(args.command, "")
+        print(f"chanattn {args.command}: interrupted{hint(args) if callable(hint) else hint}",
               file=sys.stderr)
         return 130
     except (ChanattnError, OSError) as exc:

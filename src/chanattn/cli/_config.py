@@ -17,7 +17,8 @@ from typing import Any
 
 from ..training.config import RECIPES, TrainConfig, resolve_config
 
-__all__ = ["CONFIG_DESTS", "add_config_flags", "config_from_args", "default_recipe", "given_fields"]
+__all__ = ["CONFIG_DESTS", "SINGLE_RUN_FIELDS", "add_config_flags", "config_from_args", "default_recipe",
+           "given_fields", "recipe_choice"]
 
 
 def _parse_mapping(text: str) -> dict:
@@ -71,10 +72,16 @@ def _field_help(f: dataclasses.Field) -> str:
 
 #: The namespace attributes that are TrainConfig fields.
 CONFIG_DESTS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "recipe")
+#: Fields that make sense for one run only (not for compare's many): flags with ``single_run=True``.
+SINGLE_RUN_FIELDS = ("init_from",)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig field; flags not given stay out of the namespace (``SUPPRESS``)."""
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), *,
+                     single_run: bool = False) -> None:
+    """One flag per TrainConfig field; flags not given stay out of the namespace (``SUPPRESS``).
+    ``single_run``: also the fields of one run only (``--init-from``)."""
+    if not single_run:
+        skip = (*skip, *SINGLE_RUN_FIELDS)
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group(
         "training configuration", "Each value comes from the field's default, then the recipe, then "
@@ -109,14 +116,28 @@ def given_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in CONFIG_DESTS if hasattr(args, k)}
 
 
+def recipe_choice(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The recipe a run starts from and how it was chosen, in words for the start of a run:
+    ``--recipe``; none with ``--config``; else by ``--dataset`` (digits -> digits, cifar100 ->
+    cifar100, others -> cifar: imagefolder has no recipe of its own, so that says so)."""
+    if getattr(args, "recipe", None):
+        return args.recipe, "--recipe"
+    if getattr(args, "config_file", None):
+        return None, f"--config {args.config_file} over the TrainConfig defaults; --recipe to start from one"
+    dataset = getattr(args, "dataset", None)
+    if dataset is None:
+        return "digits", "for the default --dataset digits; --recipe to choose another"
+    if dataset in ("digits", "cifar100"):
+        return dataset, f"from --dataset {dataset}; --recipe to choose another"
+    if dataset == "cifar10":
+        return "cifar", "from --dataset cifar10; --recipe to choose another"
+    return "cifar", (f"--dataset {dataset} has no recipe of its own, so the CIFAR one; give --epochs, "
+                     "--milestones, --lr or --recipe for your data")
+
+
 def default_recipe(args: argparse.Namespace) -> str | None:
     """The recipe a run starts from: ``--recipe``, none with ``--config``, else by ``--dataset``."""
-    if getattr(args, "recipe", None):
-        return args.recipe
-    if getattr(args, "config_file", None):
-        return None
-    dataset = getattr(args, "dataset", "digits")
-    return "digits" if dataset == "digits" else ("cifar100" if dataset == "cifar100" else "cifar")
+    return recipe_choice(args)[0]
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

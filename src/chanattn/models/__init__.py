@@ -8,9 +8,18 @@ True
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from .attachment import Insertion, attach, find_blocks
 from .profile import count_macs, count_params
 from .registry import FAMILIES, ModelInfo, create_model, list_models, model_info, register_model
+
+# Every file of this package is imported, so the architectures they register are known (as the
+# modules of chanattn.modules): a new architecture needs no other edit.
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "FAMILIES",

@@ -1,22 +1,36 @@
 """``attach``: put an attention module into a model that already exists (and may have weights).
 
 It finds the residual blocks it knows, groups them into stages, and inserts the module where
-:func:`chanattn.create_model` puts it (MODULES.md, "Placement in ResNets"). How it inserts, so
-that every existing parameter keeps its state-dict key (a checkpoint of the model without
-attention still loads, and only the new modules are new):
+:func:`chanattn.create_model` puts it: the placement and per-stage settings of the module's
+registration (:data:`chanattn.registry.PLACEMENTS`), read by the same
+:class:`~chanattn.models.placement.AttnPlan`. How it inserts, so that every existing parameter
+keeps its state-dict key (a checkpoint of the model without attention still loads, and only the
+new modules are new):
 
 - torchvision's ``BasicBlock``, ``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet) and MobileNetV2's
   ``InvertedResidual``: the block's class becomes a subclass of its own class (defined here, one
   per block type) whose ``forward`` applies ``self.attn`` after the branch's last BN and before
-  the addition; the module is registered as the block's ``attn``. The result has the same
-  parameters, in the same order and under the same names, as ``create_model`` gives.
+  the addition, and ``self.pre_attn`` (a ``"stage_start"`` module) on the block's input; the module
+  is registered as the block's ``attn`` or ``pre_attn``. The result has the same parameters, in the
+  same order and under the same names, as ``create_model`` gives.
 - timm's ``BasicBlock`` and ``Bottleneck`` (ResNet, ResNeXt, SE/ECA-ResNet families): timm's own
   attention slot ``se``, which timm applies after the last BN; a block whose slot is taken (an
-  SE-ResNet) is an error, not a second module.
-- chanattn's own blocks: their ``attn`` slot.
-- ``bam`` (after a stage): appended to the stage's ``nn.Sequential`` (``layer1`` ...), or, where
-  the stage has no container of its own (MobileNetV2's flat ``features``), its last block is
-  wrapped in :class:`~chanattn.models.placement.AttnAfter`.
+  SE-ResNet) is an error, not a second module. timm's blocks have no slot before the block.
+- chanattn's own blocks: their ``attn`` and ``pre_attn`` slots.
+- a module after a stage (``bam``, ``soca``, ``encnet``): appended to the stage's
+  ``nn.Sequential`` (``layer1`` ...), or, where the stage has no container of its own
+  (MobileNetV2's flat ``features``), its last block is wrapped in
+  :class:`~chanattn.models.placement.AttnAfter`.
+- a module before every convolution (``gct``): each plain ``nn.Conv2d`` (outside attention
+  modules) becomes a :class:`~chanattn.models.placement.PreAttnConv2d` with the module as its
+  ``attn``.
+
+Per-stage settings that depend on the feature sizes (``fca``, ``ge_theta``, ``c3``) are taken at
+``input_size`` (default: the size a chanattn model was built for, else 224 x 224) from one
+forward pass of a zero image through the model (eval mode, no gradients). ECA's released kernels
+apply where the model is a torchvision/timm/chanattn ResNet-18/34/50/101/152 (recognised by its
+blocks). What attach cannot do: change the backbone (``gsop``'s stride-1 last stage is
+``create_model``'s), or replace convolutions (``sk``).
 
 The model is changed in place (the new modules on the device and dtype of the model's
 parameters, in its train/eval mode) and returned.
@@ -34,7 +48,17 @@ from torch import nn
 
 from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule
-from .placement import AttnAfter, AttnPlan, AttnSpec, stage_end_flags
+from ..registry import Stage
+from .placement import (
+    BLOCK_PLACEMENTS,
+    STAGE_END_PLACEMENTS,
+    AttnAfter,
+    AttnKwargs,
+    AttnPlan,
+    AttnSpec,
+    put_before_conv,
+    stage_end_flags,
+)
 
 __all__ = ["Insertion", "attach", "find_blocks"]
 
@@ -48,8 +72,9 @@ class Insertion:
         target: the block (or stage, or module) it acts in or after (``"layer1.0"``).
         channels: its channel count.
         module: its class name.
-        where: ``"block"`` (on the residual branch of ``target``), ``"after"`` (on the output of
-            ``target``).
+        where: ``"block"`` (on the residual branch of ``target``), ``"before"`` (on the input of
+            ``target``, a stage's first block), ``"after"`` (on the output of ``target``),
+            ``"conv"`` (on the input of the convolution ``target``).
     """
 
     path: str
@@ -66,6 +91,8 @@ class Insertion:
 
 
 def _tv_basic_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if self.pre_attn is not None:
+        x = self.pre_attn(x)
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
     if self.attn is not None:
@@ -75,6 +102,8 @@ def _tv_basic_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _tv_bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if self.pre_attn is not None:
+        x = self.pre_attn(x)
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.relu(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
@@ -85,6 +114,8 @@ def _tv_bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _tv_inverted_residual_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if self.pre_attn is not None:
+        x = self.pre_attn(x)
     out = self.conv(x)
     if self.attn is not None:
         out = self.attn(out)
@@ -107,7 +138,7 @@ def _subclass(name: str) -> type:
         module, base_name, forward = _SUBCLASSES[name]
         base = getattr(importlib.import_module(module), base_name)
         doc = (f"torchvision's {base_name} with an attention module ``attn`` after the residual "
-               "branch's last BN (set by chanattn.attach).")
+               "branch's last BN, or ``pre_attn`` on its input (set by chanattn.attach).")
         _BUILT[name] = type(name, (base,), {"forward": forward, "__module__": __name__,
                                             "__qualname__": name, "__doc__": doc})
     return _BUILT[name]
@@ -125,6 +156,7 @@ class _BlockType:
     channels: Callable[[nn.Module], int]
     slot: str  # the attribute that holds the attention module
     subclass: str | None = None  # the class the block becomes (torchvision), else None
+    pre_slot: str | None = "pre_attn"  # the attribute of a module on the block's input, if any
 
 
 def _last_bn(attr: str) -> Callable[[nn.Module], int]:
@@ -138,10 +170,11 @@ _KNOWN: dict[tuple[str, str], _BlockType] = {
                                                             "TorchvisionBottleneckWithAttn"),
     ("torchvision.models.mobilenetv2", "InvertedResidual"): _BlockType(
         lambda block: block.conv[-1].num_features, "attn", "TorchvisionInvertedResidualWithAttn"),
-    ("timm.models.resnet", "BasicBlock"): _BlockType(_last_bn("bn2"), "se"),
-    ("timm.models.resnet", "Bottleneck"): _BlockType(_last_bn("bn3"), "se"),
+    ("timm.models.resnet", "BasicBlock"): _BlockType(_last_bn("bn2"), "se", pre_slot=None),
+    ("timm.models.resnet", "Bottleneck"): _BlockType(_last_bn("bn3"), "se", pre_slot=None),
 }
 _OWN = (("chanattn.models.resnet", "BasicBlock"), ("chanattn.models.resnet", "Bottleneck"),
+        ("chanattn.models.cifar_resnet", "PreActBottleneck"),
         ("chanattn.models.wide_resnet", "WideBasicBlock"), ("chanattn.models.plain_cnn", "ConvLayer"),
         ("chanattn.models.mobilenet", "InvertedResidual"))
 for _key in _OWN:
@@ -217,16 +250,24 @@ def _place(model: nn.Module, ref: nn.Module, module: nn.Module) -> nn.Module:
     return module.train(model.training)
 
 
-def _into_block(model: nn.Module, block: _Block, module: nn.Module) -> Insertion:
-    slot = block.kind.slot
+def _into_block(model: nn.Module, block: _Block, module: nn.Module, *, before: bool = False) -> Insertion:
+    """``module`` into ``block``'s attention slot (``before``: its slot on the block's input)."""
+    slot = block.kind.pre_slot if before else block.kind.slot
+    if slot is None:
+        raise InputError(f"attach: block {block.name} ({type(block.module).__name__}) has no place for a "
+                         "module on its input (a module before a stage); pass placement='block' or targets=")
     if getattr(block.module, slot, None) is not None:
         have = type(getattr(block.module, slot)).__name__
         raise InputError(f"attach: block {block.name} ({type(block.module).__name__}) already has an "
                          f"attention module in its {slot!r} slot ({have}); attach does not add a second")
     if block.kind.subclass is not None:
         block.module.__class__ = _subclass(block.kind.subclass)
+        for name in ("attn", "pre_attn"):  # the subclass's forward reads both
+            if not hasattr(block.module, name):
+                setattr(block.module, name, None)
     setattr(block.module, slot, _place(model, block.module, module))
-    return Insertion(f"{block.name}.{slot}", block.name, block.channels, type(module).__name__, "block")
+    return Insertion(f"{block.name}.{slot}", block.name, block.channels, type(module).__name__,
+                     "before" if before else "block")
 
 
 def _after(model: nn.Module, name: str, target: nn.Module, module: nn.Module, channels: int) -> Insertion:
@@ -306,24 +347,118 @@ def _existing_attention(model: nn.Module) -> list[str]:
             continue
         if isinstance(m, (AttentionModule, AttnAfter)):
             found.append(n or type(m).__name__)
-        elif subclasses and isinstance(m, subclasses) and m.attn is not None:
-            found.append(f"{n}.attn")
+        elif subclasses and isinstance(m, subclasses):
+            found += [f"{n}.{slot}" for slot in ("attn", "pre_attn") if getattr(m, slot, None) is not None]
     return found
 
 
-def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Callable | None = None, *,
-           return_report: bool = False, **kwargs):
-    """Insert the attention module ``name`` into every residual block of ``model``, in place.
+def _in_channels(block: nn.Module) -> int:
+    """The input channels of a block: those of its first convolution or norm."""
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            return getattr(m, "num_features", None) or m.num_channels
+    raise InputError(f"attach: cannot tell the input channels of {type(block).__name__}")
 
-    Placement as :func:`chanattn.create_model` (MODULES.md): per block on the residual branch
-    after the last BN and before the addition, with the block's channel count; ``bam`` after each
-    stage that is followed by a downsampling (where each stage has its own ``nn.Sequential``, as
-    ``layer1`` ... ``layer4``: after every stage but the last; else before each stride-2 block);
-    ``dia`` one shared cell per stage (a stage: consecutive blocks with the same parent and the
-    same channels); ``gsop`` in the last block of each stage. ``sk`` replaces convolutions,
-    whose weights attach would drop: it is an error (use ``create_model(arch, attn="sk")``).
-    Existing parameters keep their names and values; see the module docstring for how each block
-    type is changed.
+
+def _first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _probe_sizes(model: nn.Module, blocks: list[_Block], input_size: tuple[int, int]
+                 ) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Each block's input and output (H, W) for a zero image of ``input_size``: one forward in eval
+    mode without gradients (the model's mode is restored; BN statistics are not touched)."""
+    conv = _first_conv(model)
+    if conv is None:
+        raise InputError(f"attach: {type(model).__name__} has no convolution to tell its input channels")
+    ref = conv.weight
+    x = torch.zeros(1, conv.in_channels, *input_size, device=ref.device, dtype=ref.dtype)
+    sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            sizes[name] = (tuple(args[0].shape[-2:]), tuple(output.shape[-2:]))
+        return record
+
+    handles = [b.module.register_forward_hook(hook(b.name)) for b in blocks]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:
+        raise InputError(f"attach: the module's per-stage settings need the feature sizes, and a "
+                         f"{input_size[0]} x {input_size[1]} input failed in {type(model).__name__} "
+                         f"({type(exc).__name__}: {exc}); pass input_size=") from exc
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+#: (block kind, blocks per stage) -> the ResNet it is, for the modules' per-arch settings.
+_RESNETS = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
+            ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
+            ("bottleneck", (3, 8, 36, 3)): "resnet152"}
+
+
+def _guess_arch(stages: list[list[_Block]]) -> str | None:
+    """The ResNet-18/34/50/101/152 whose blocks these are (torchvision's, timm's or chanattn's),
+    else None."""
+    names = {type(b.module).__name__.replace("TorchvisionBasicBlockWithAttn", "BasicBlock")
+             .replace("TorchvisionBottleneckWithAttn", "Bottleneck") for s in stages for b in s}
+    if names == {"BasicBlock"}:
+        kind, widths = "basic", (64, 128, 256, 512)
+    elif names == {"Bottleneck"}:
+        kind, widths = "bottleneck", (256, 512, 1024, 2048)
+        for s in stages:  # plain ResNet widths: not ResNeXt (groups) nor Wide-ResNet (twice as wide)
+            conv2 = getattr(s[0].module, "conv2", None)
+            plain = isinstance(conv2, nn.Conv2d) and conv2.groups == 1
+            if not plain or 4 * conv2.out_channels != s[0].channels:
+                return None
+    else:
+        return None
+    if tuple(s[0].channels for s in stages) != widths:
+        return None
+    return _RESNETS.get((kind, tuple(len(s) for s in stages)))
+
+
+def _guess_head(model: nn.Module) -> str:
+    from ..modules.gsop import GSoPHead
+
+    pool = getattr(model, "avgpool", None) or getattr(model, "pool", None)
+    return "gsop" if isinstance(pool, GSoPHead) else "avg"
+
+
+def _input_size(model: nn.Module, input_size) -> tuple[int, int]:
+    if input_size is None:
+        input_size = getattr(model, "default_input_size", None) or (224, 224)
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        input_size = (input_size, input_size)
+    if len(input_size) == 3:
+        input_size = input_size[1:]
+    return (int(input_size[0]), int(input_size[1]))
+
+
+def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Callable | None = None, *,
+           placement: str | None = None, input_size=None, attn_kwargs: AttnKwargs = None,
+           return_report: bool = False, **kwargs):
+    """Insert the attention module ``name`` into ``model`` where its paper puts it, in place.
+
+    The placement and per-stage settings are the module's registration's, as
+    :func:`chanattn.create_model` reads them (MODULES.md, "Placement in ResNets"): per block on
+    the residual branch after the last BN and before the addition, with the block's channel count
+    (``gsop`` in the last block of each stage; ``dia`` one shared cell per stage); ``c3`` on the
+    input of each stage's first block; ``gct`` before every convolution; ``bam`` after each stage
+    followed by a downsampling (where each stage has its own ``nn.Sequential``, as ``layer1`` ...
+    ``layer4``: after every stage but the last; else before each stride-2 block); ``soca`` after
+    every stage; ``encnet`` after the last. A stage: consecutive blocks with the same parent and
+    the same channels. ``sk`` replaces convolutions, whose weights attach would drop: it is an
+    error (use ``create_model(arch, attn="sk")``). Existing parameters keep their names and
+    values; see the module docstring for how each block type is changed.
 
     Known blocks: torchvision ResNet/ResNeXt/Wide-ResNet (``BasicBlock``, ``Bottleneck``) and
     MobileNetV2 (``InvertedResidual``), timm's ResNet family (``BasicBlock``, ``Bottleneck``),
@@ -337,7 +472,12 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
             module gets it on its output (appended to an ``nn.Sequential``, else the module is
             wrapped in :class:`~chanattn.models.placement.AttnAfter`, whose state dict still
             loads checkpoints saved without it). With targets, every place gets its own module
-            (``dia``: a one-block stage each).
+            (``dia``: a one-block stage each) with the options given (no per-stage settings).
+        placement: another placement than the module's (:data:`chanattn.registry.PLACEMENTS`).
+        input_size: the input (H, W) at which per-stage settings take the feature sizes
+            (default: a chanattn model's own, else 224 x 224).
+        attn_kwargs: the module's options as a callable ``f(stage) -> dict | None`` per
+            :class:`~chanattn.registry.Stage` (or a dict, as ``**kwargs``).
         return_report: also return the list of :class:`Insertion` (where, which channels).
         **kwargs: options for the module's constructor.
 
@@ -357,10 +497,15 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
     """
     if not isinstance(model, nn.Module):
         raise InputTypeError(f"attach: model must be an nn.Module, got {type(model).__name__}")
-    plan = AttnPlan(name, kwargs, owner="attach")
+    if attn_kwargs is not None and kwargs:
+        raise InputError(f"attach: give the module's options either as attn_kwargs or as keywords, not both "
+                         f"(got attn_kwargs and {sorted(kwargs)})")
+    plan = AttnPlan(name, attn_kwargs if attn_kwargs is not None else kwargs, placement=placement,
+                    owner="attach")
     if plan.replaces_conv:
-        raise InputError("attach: 'sk' replaces the blocks' 3x3 convolutions, so attaching it would drop "
-                         "their weights; build the model with create_model(arch, attn='sk') instead")
+        raise InputError(f"attach: {plan.name!r} replaces the blocks' 3x3 convolutions, so attaching it "
+                         f"would drop their weights; build the model with create_model(arch, "
+                         f"attn={plan.name!r}) instead")
     existing = _existing_attention(model)
     if existing:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
@@ -372,6 +517,8 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
         for tname, target in reversed(_resolve_targets(model, targets)):
             channels = _infer_channels(tname, target)
             module = plan.new(channels)  # dia: a one-block stage of its own
+            if module is None:
+                continue
             kind = _block_type(target)
             if kind is not None:
                 block = _Block(tname, target, kind, channels, _split(tname)[0], _stride(target))
@@ -387,7 +534,29 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
                          f"(it knows {_KNOWN_NAMES}); module types found: {_module_types(model)}; "
                          "pass targets= (module names or a predicate) to choose the places")
     stages = _stages(blocks)
-    if plan.placement == "stage":
+    plan.arch = _guess_arch(stages)
+    plan.bind(num_stages=len(stages), default_input_size=_input_size(model, input_size),
+              head=_guess_head(model))
+    sizes = _probe_sizes(model, blocks, plan.input_size) if plan.uses_sizes else {}
+
+    def stage_info(i: int, stage: list[_Block], at_input: bool = False) -> Stage:
+        first, last = stage[0], stage[-1]
+        if at_input:
+            size = sizes.get(first.name, (None, None))[0]
+            return plan.stage(i, _in_channels(first.module), size, len(stage))
+        return plan.stage(i, first.channels, sizes.get(last.name, (None, None))[1], len(stage))
+
+    if plan.placement in BLOCK_PLACEMENTS:
+        for i, stage in enumerate(stages):
+            for block, module in zip(stage, plan.block_modules(stage_info(i, stage))):
+                if module is not None:
+                    report.append(_into_block(model, block, module))
+    elif plan.placement == "stage_start":
+        for i, stage in enumerate(stages):
+            module = plan.stage_start(stage_info(i, stage, at_input=True))
+            if module is not None:
+                report.append(_into_block(model, stage[0], module, before=True))
+    elif plan.placement in STAGE_END_PLACEMENTS:
         places = [_stage_container(model, stage) for stage in stages]
         if all(isinstance(target, nn.Sequential) for _, target in places):
             # every stage in a container of its own (ResNet's layer1 ... layerN): the stages are
@@ -395,14 +564,27 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
             after = [i + 1 < len(stages) for i in range(len(stages))]
         else:
             after = stage_end_flags([stage[0].stride for stage in stages])
-        for stage, (where, target), flag in zip(stages, places, after):
-            if flag:
-                report.append(_after(model, where, target, plan.stage_module(stage[0].channels),
-                                     stage[0].channels))
-    else:
-        for stage in stages:
-            modules = plan.block_modules(stage[0].channels, len(stage))
-            for block, module in zip(stage, modules):
-                if module is not None:
-                    report.append(_into_block(model, block, module))
+        for i, (stage, (where, target), flag) in enumerate(zip(stages, places, after)):
+            module = plan.stage_end(stage_info(i, stage), flag)
+            if module is not None:
+                report.append(_after(model, where, target, module, stage[0].channels))
+    elif plan.placement == "every_conv":
+        owner = {b.name: (i, len(stage)) for i, stage in enumerate(stages) for b in stage}
+        slots = [f"{b.name}.{slot}." for b in blocks for slot in (b.kind.slot, b.kind.pre_slot) if slot]
+
+        def stage_of(conv_name: str) -> tuple[int, int]:
+            for block_name, where in owner.items():
+                if conv_name.startswith(f"{block_name}."):
+                    return where
+            return -1, 0
+
+        convs = [(n, m) for n, m in model.named_modules()
+                 if type(m) is nn.Conv2d and not any(n.startswith(s) for s in slots)]
+        for cname, conv in convs:
+            index, num_blocks = stage_of(cname)
+            module = plan.new(plan.stage(index, conv.in_channels, None, num_blocks))
+            if module is not None:
+                put_before_conv(conv, _place(model, conv, module))
+                report.append(Insertion(f"{cname}.attn", cname, conv.in_channels, type(module).__name__,
+                                        "conv"))
     return (model, report) if return_report else model

@@ -1,4 +1,4 @@
-"""MobileNetV2 with an attention module in every inverted-residual block.
+"""MobileNetV2 with an attention module where its paper puts it (per block: after the projection's BN).
 
 MobileNetV2: Inverted Residuals and Linear Bottlenecks (Sandler, Howard, Zhu, Zhmoginov, Chen;
 CVPR 2018, https://arxiv.org/abs/1801.04381).
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..layers import make_divisible
-from .placement import AttnAfter, AttnPlan, AttnSpec, init_backbone_, stage_end_flags
+from .placement import AttnAfter, AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, stage_end_flags
 from .registry import register_model
 from .resnet import ConvFactory
 
@@ -42,8 +42,8 @@ class ConvBNAct(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """y = x + attn(BN(conv1x1(dw3x3(expand1x1(x))))) where the shapes allow the residual, else
-    without the ``x +``.
+    """y = x' + attn(BN(conv1x1(dw3x3(expand1x1(x'))))), x' = pre_attn(x), where the shapes allow the
+    residual, else without the ``x' +``.
 
     The attention goes on the linear projection's output after its BN (the block's last BN),
     before the addition; blocks without a residual connection (a stride or a channel change) get
@@ -53,11 +53,13 @@ class InvertedResidual(nn.Module):
     Args:
         in_channels, out_channels: channels; stride: of the depthwise convolution.
         expand_ratio: t, the hidden width in_channels * t.
-        attn: the attention module (None: none); sk_conv: builds the SK unit (None: a convolution).
+        attn: the attention module (None: none); pre_attn: the module on the block's input (None:
+            none); sk_conv: builds the SK unit (None: a convolution).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, *,
-                 attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
+                 attn: nn.Module | None = None, pre_attn: nn.Module | None = None,
+                 sk_conv: ConvFactory | None = None) -> None:
         super().__init__()
         hidden = round(in_channels * expand_ratio)
         self.stride = stride
@@ -73,8 +75,11 @@ class InvertedResidual(nn.Module):
         layers += [nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)]
         self.conv = nn.Sequential(*layers)
         self.attn = attn
+        self.pre_attn = pre_attn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_attn is not None:
+            x = self.pre_attn(x)
         out = self.conv(x)
         if self.attn is not None:
             out = self.attn(out)
@@ -84,12 +89,13 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 (the paper's Table 2) with an attention module.
 
-    Attention: per inverted-residual block after the projection's BN (:class:`InvertedResidual`);
-    ``bam`` after the last block of each stage (a row of Table 2) that is followed by a stage
-    starting with stride 2 (wrapping that block: :class:`~chanattn.models.placement.AttnAfter`);
-    ``sk`` in place of each depthwise convolution (a depthwise SK with ReLU6); ``dia`` one cell per
-    stage; ``gsop`` in the last block of each stage. ``fca`` does not fit: its 24-channel stage is
-    not a multiple of 16.
+    Attention where its paper puts it (see :func:`chanattn.create_model`), a stage being a row of
+    Table 2: a per-block module after the projection's BN (:class:`InvertedResidual`); a module
+    after a stage (``bam``, ``soca``, ``encnet``) wraps the stage's last block
+    (:class:`~chanattn.models.placement.AttnAfter`), ``bam`` where the next row starts with stride
+    2; one before a stage (``c3``) is its first block's ``pre_attn``; ``sk`` in place of each
+    depthwise convolution (a depthwise SK with ReLU6). ``fca`` does not fit: its 24-channel stage
+    is not a multiple of 16.
 
     Args:
         num_classes: default 1000.
@@ -102,19 +108,23 @@ class MobileNetV2(nn.Module):
     """
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, *, in_chans: int = 3,
-                 stem: str = "imagenet", dropout: float = 0.2, attn: AttnSpec = None,
-                 attn_kwargs: dict | None = None) -> None:
+                 stem: str = "imagenet", dropout: float = 0.2, attn: AttnSpec | AttnPlan = None,
+                 attn_kwargs: AttnKwargs = None) -> None:
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
             raise InputError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
         if not (isinstance(width_mult, (int, float)) and width_mult > 0):
             raise InputError(f"{owner}: width_mult must be a positive number, got {width_mult!r}")
-        plan = AttnPlan(attn, attn_kwargs, owner=owner)
-        sk_conv = None
-        if plan.replaces_conv:
-            def sk_conv(cin: int, cout: int, stride: int) -> nn.Module:
-                return plan.conv3x3(cin, cout, stride, {"groups": cin, "act_layer": "relu6"})
+        plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
+        size = plan.bind(num_stages=len(SETTINGS), default_input_size=224 if stem == "imagenet" else 32)
+        self.default_input_size = size
+
+        def depthwise_sk(stage):  # SK in place of the depthwise convolution: one group per channel
+            if not plan.replaces_conv:
+                return None
+            return lambda cin, cout, stride: plan.conv3x3(cin, cout, stride,
+                                                          {"groups": cin, "act_layer": "relu6"}, stage)
 
         settings = [list(row) for row in SETTINGS]
         first_stride = 2
@@ -123,16 +133,24 @@ class MobileNetV2(nn.Module):
         in_channels = make_divisible(32 * width_mult, 8)
         self.last_channels = make_divisible(1280 * max(1.0, width_mult), 8)
         features: list[nn.Module] = [ConvBNAct(in_chans, in_channels, 3, first_stride)]
+        size = downsampled(size, first_stride)
         after = stage_end_flags([row[3] for row in settings])
+        stage_of: dict[int, tuple[int, int]] = {}  # feature index -> (stage, blocks of the stage)
         for i, (t, c, n, s) in enumerate(settings):
             out_channels = make_divisible(c * width_mult, 8)
-            attns = plan.block_modules(out_channels, n)
+            out_size = downsampled(size, s)
+            stage = plan.stage(i, out_channels, out_size, n)
+            pre = plan.stage_start(plan.stage(i, in_channels, size, n))
+            attns = plan.block_modules(stage)
+            sk_conv = depthwise_sk(stage)
             for j in range(n):
                 block = InvertedResidual(in_channels, out_channels, s if j == 0 else 1, t,
-                                         attn=attns[j], sk_conv=sk_conv)
-                post = plan.stage_module(out_channels) if after[i] and j == n - 1 else None
+                                         attn=attns[j], pre_attn=pre if j == 0 else None, sk_conv=sk_conv)
+                post = plan.stage_end(stage, after[i]) if j == n - 1 else None
+                stage_of[len(features)] = (i, n)
                 features.append(block if post is None else AttnAfter(block, post))
                 in_channels = out_channels
+            size = out_size
         features.append(ConvBNAct(in_channels, self.last_channels, 1))
         self.features = nn.Sequential(*features)
         self.num_features = self.last_channels
@@ -140,6 +158,14 @@ class MobileNetV2(nn.Module):
         init_backbone_(self, keep=plan.created)
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
         nn.init.zeros_(self.classifier[1].bias)
+
+        def feature_stage(name: str) -> tuple[int, int]:
+            parts = name.split(".")
+            if parts[0] == "features" and len(parts) > 1 and parts[1].isdigit():
+                return stage_of.get(int(parts[1]), (-1, 0))
+            return -1, 0
+
+        plan.before_every_conv(self, feature_stage)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

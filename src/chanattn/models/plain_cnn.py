@@ -11,15 +11,15 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
+from .placement import AttnKwargs, AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
-from .resnet import ConvFactory, conv3x3
+from .resnet import ConvFactory, conv3x3, resnet_stage_of
 
 __all__ = ["ConvLayer", "PlainCNN"]
 
 
 class ConvLayer(nn.Module):
-    """y = attn(ReLU(BN(conv3x3(x)))): one layer of the plain CNN.
+    """y = attn(ReLU(BN(conv3x3(pre_attn(x))))): one layer of the plain CNN.
 
     Without a residual branch, the attention goes on the layer's output after the non-linearity,
     where the SE paper puts SE in non-residual networks (VGG, Inception). With ``sk_conv`` (SK),
@@ -27,11 +27,12 @@ class ConvLayer(nn.Module):
 
     Args:
         in_channels, out_channels: channels.
-        attn: the attention module (None: none); sk_conv: builds the SK unit (None: a convolution).
+        attn: the attention module (None: none); pre_attn: the module on the layer's input (None:
+            none); sk_conv: builds the SK unit (None: a convolution).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, attn: nn.Module | None = None,
-                 sk_conv: ConvFactory | None = None) -> None:
+                 pre_attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
         super().__init__()
         if sk_conv is None:
             self.conv = conv3x3(in_channels, out_channels)
@@ -44,8 +45,11 @@ class ConvLayer(nn.Module):
         self.stride = 1
         self.out_channels = out_channels
         self.attn = attn
+        self.pre_attn = pre_attn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_attn is not None:
+            x = self.pre_attn(x)
         out = self.act(self.bn(self.conv(x)))
         if self.attn is not None:
             out = self.attn(out)
@@ -56,9 +60,11 @@ class PlainCNN(nn.Module):
     """Stages of ``layers_per_stage`` 3x3 conv-BN-ReLU layers (``widths`` channels), 2x2 max
     pooling between the stages, global average pooling and a linear classifier.
 
-    Attention: after each layer's ReLU (``ConvLayer``); ``bam`` after every stage but the last
-    (before each pooling); ``sk`` in place of each convolution; ``dia`` one cell per stage; ``gsop``
-    in each stage's last layer.
+    Attention where its paper puts it (see :func:`chanattn.create_model`), a layer taking a
+    residual block's place: a per-block module after each layer's ReLU (``ConvLayer``); a module
+    after a stage is appended to the stage (``bam`` after every stage but the last, before each
+    pooling); one before a stage is its first layer's ``pre_attn`` (after the pooling); ``sk`` in
+    place of each convolution.
 
     Args:
         widths: channels of the stages (default (32, 64, 128)).
@@ -68,8 +74,8 @@ class PlainCNN(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128), layers_per_stage: int = 2,
-                 num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec = None,
-                 attn_kwargs: dict | None = None) -> None:
+                 num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec | AttnPlan = None,
+                 attn_kwargs: AttnKwargs = None) -> None:
         super().__init__()
         owner = type(self).__name__
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
@@ -77,18 +83,24 @@ class PlainCNN(nn.Module):
         n = layers_per_stage
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"{owner}: layers_per_stage must be a positive int, got {layers_per_stage!r}")
-        plan = AttnPlan(attn, attn_kwargs, owner=owner)
-        sk_conv = plan.conv3x3 if plan.replaces_conv else None
+        plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
+        size = plan.bind(num_stages=len(widths), default_input_size=32)
+        self.default_input_size = size
         strides = [1] + [2] * (len(widths) - 1)  # each later stage starts after a 2x2 pooling
         after = stage_end_flags(strides)
         in_channels = in_chans
         for i, width in enumerate(widths):
-            attns = plan.block_modules(width, layers_per_stage)
+            if i > 0 and size is not None:  # 2x2 max pooling
+                size = (max(1, size[0] // 2), max(1, size[1] // 2))
+            stage = plan.stage(i, width, size, layers_per_stage)
+            pre = plan.stage_start(plan.stage(i, in_channels, size, layers_per_stage))
+            attns = plan.block_modules(stage)
             layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
             for j in range(layers_per_stage):
-                layers.append(ConvLayer(in_channels, width, attn=attns[j], sk_conv=sk_conv))
+                layers.append(ConvLayer(in_channels, width, attn=attns[j], pre_attn=pre if j == 0 else None,
+                                        sk_conv=plan.conv_factory(stage)))
                 in_channels = width
-            post = plan.stage_module(width) if after[i] else None
+            post = plan.stage_end(stage, after[i])
             if post is not None:
                 layers.append(post)
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
@@ -97,6 +109,7 @@ class PlainCNN(nn.Module):
         self.pool, features = make_pool("avg", in_channels, None, owner=owner)
         self.fc = nn.Linear(features, num_classes)
         init_backbone_(self, keep=plan.created)
+        plan.before_every_conv(self, lambda name: resnet_stage_of(name, [layers_per_stage] * len(widths)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.num_stages):

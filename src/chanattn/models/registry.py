@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import normalize_name, unknown_name_error
-from .placement import AttnSpec
+from .placement import AttnKwargs, AttnPlan, AttnSpec
 
 __all__ = ["FAMILIES", "ModelInfo", "create_model", "list_models", "model_info", "register_model"]
 
@@ -60,7 +60,8 @@ def register_model(name: str, *, family: str, description: str,
 
 
 def _ensure_loaded() -> None:
-    from . import cifar_resnet, mobilenet, plain_cnn, resnet, wide_resnet  # noqa: F401
+    # The model files register themselves on import; the package imports every one of them.
+    from .. import models  # noqa: F401
 
 
 def model_info(arch: str) -> ModelInfo:
@@ -91,21 +92,38 @@ def list_models(family: str | None = None) -> list[str]:
 
 
 def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = None,
-                 attn_kwargs: dict | None = None, **kwargs) -> nn.Module:
-    """Build the architecture ``arch`` with the attention module ``attn`` in it.
+                 attn_kwargs: AttnKwargs = None, *, placement: str | None = None, input_size=None,
+                 **kwargs) -> nn.Module:
+    """Build the architecture ``arch`` with the attention module ``attn`` where its paper puts it.
 
-    ``attn`` goes where MODULES.md places it (per block on the residual branch after the last BN
-    and before the addition; ``bam`` after the stages that are followed by a downsampling;
-    ``sk`` in place of the 3x3 convolution; ``dia`` with one cell per stage; ``gsop`` in the last
-    block of each stage); see :mod:`chanattn.models.placement`.
+    The module's registration says where (``chanattn.module_info(name).placement``, MODULES.md
+    "Placement in ResNets"): per block on the residual branch after the last BN and before the
+    addition (most modules; ``gsop`` in the last block of each stage; ``dia`` with one cell shared
+    per stage); ``c3`` before each stage; ``gct`` before every convolution; ``bam`` after the stages
+    followed by a downsampling; ``soca`` after every stage; ``encnet`` once after the last stage;
+    ``sk`` in place of the 3x3 convolutions. Its per-stage settings follow its paper's models at
+    this input size (``fca``'s DCT grid, ``ge_theta``/``ge_theta_plus``'s global extent, ``c3``'s
+    working grid, ``eca``'s released kernels, ``gsop``'s reduction stride), and so do the backbone
+    options its paper's models use where the architecture takes them (``gsop``: the ImageNet
+    ResNets' last stage at stride 1). See :mod:`chanattn.models.placement`.
 
     Args:
         arch: a name of :func:`list_models` (``"resnet20"``, ``"resnet50"``, ``"mobilenet_v2"``).
         attn: a registered module name (:func:`chanattn.list_modules`), a callable
-            ``f(channels, **attn_kwargs)`` returning a module (placed per block), or None.
+            ``f(channels, **kwargs)`` returning a module (placed per block unless ``placement``
+            says otherwise), or None.
         num_classes: default: the architecture's (10 for the CIFAR family, 1000 for ImageNet).
-        attn_kwargs: options for the attention module's constructor.
-        **kwargs: the architecture's options (``in_chans``, ``stem``, ``shortcut``, ``head``...).
+        attn_kwargs: options for the attention module's constructor, over its per-stage settings:
+            a dict, or a callable ``f(stage) -> dict | None`` of the
+            :class:`~chanattn.registry.Stage` (index, channels, size ...; None: no module there).
+        placement: another placement than the module's paper's (one of
+            :data:`chanattn.registry.PLACEMENTS`: ``"block"``, ``"stage_start"``, ...); the paper's
+            backbone options then do not apply.
+        input_size: the input (H, W) (or an int) the model is built for, which fixes its stages'
+            feature sizes; default: the architecture's (224 for ImageNet models, 32 with
+            ``stem="cifar"`` and for the CIFAR family).
+        **kwargs: the architecture's options (``in_chans``, ``stem``, ``shortcut``, ``head``,
+            ``stride_in_1x1`` ...).
 
     Example:
         >>> import torch, chanattn
@@ -114,21 +132,34 @@ def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = Non
         torch.Size([2, 100])
     """
     info = model_info(arch)
+    owner = f"create_model({arch!r})"
     if num_classes is None:
         num_classes = info.num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise InputError(f"create_model({arch!r}): num_classes must be a positive int, got {num_classes!r}")
+        raise InputError(f"{owner}: num_classes must be a positive int, got {num_classes!r}")
     signature = inspect.signature(info.factory)
     options = sorted(p for p in signature.parameters if p not in ("attn", "attn_kwargs", "num_classes"))
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise InputError(f"create_model({arch!r}): unknown option(s) {', '.join(unknown)} "
+        raise InputError(f"{owner}: unknown option(s) {', '.join(unknown)} "
                          f"(the options of {arch}: {', '.join(options)})")
-    model = info.factory(attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes, **kwargs)
+    plan = AttnPlan(attn, attn_kwargs, placement=placement, arch=info.name, input_size=input_size,
+                    owner=owner)
+    if plan.info is not None and placement in (None, plan.info.placement):
+        for key, value in plan.info.backbone.items():
+            if key in options:
+                kwargs.setdefault(key, value)
+    model = info.factory(attn=plan, attn_kwargs=None, num_classes=num_classes, **kwargs)
     # how to build it again (chanattn.save_pretrained, load_model, export --checkpoint), as timm's
-    # pretrained_cfg: a callable attn cannot be written down
-    named = attn is None or isinstance(attn, str)
+    # pretrained_cfg: a callable attn (or attn_kwargs) cannot be written down; placement and
+    # input_size go with the architecture's options, which create_model takes back
+    named = (attn is None or isinstance(attn, str)) and not plan.kwargs_fn
+    built = dict(kwargs)
+    if placement is not None:
+        built["placement"] = placement
+    if input_size is not None:
+        built["input_size"] = list(plan.input_size) if plan.input_size else input_size
     model.chanattn_config = {"arch": info.name, "attn": attn if named else None, "attn_callable": not named,
-                             "attn_kwargs": dict(attn_kwargs or {}), "num_classes": num_classes,
-                             "model_kwargs": dict(kwargs)}
+                             "attn_kwargs": dict(plan.kwargs), "num_classes": num_classes,
+                             "model_kwargs": built}
     return model

@@ -1,5 +1,6 @@
-"""ResNets with an attention module in every block: the basic and bottleneck blocks, and the ImageNet
-ResNet-18/34/50/101/152, ResNeXt-50 32x4d and Wide-ResNet-50-2.
+"""ResNets with an attention module where its paper puts it: the basic and bottleneck blocks, and the
+ImageNet ResNet-18/34/50/101/152, ResNeXt-50 32x4d and Wide-ResNet-50-2 (v1.5, or v1 with
+``stride_in_1x1=True``).
 
 Deep Residual Learning for Image Recognition (He, Zhang, Ren, Sun; CVPR 2016,
 https://arxiv.org/abs/1512.03385); Aggregated Residual Transformations for Deep Neural Networks
@@ -7,7 +8,8 @@ https://arxiv.org/abs/1512.03385); Aggregated Residual Transformations for Deep 
 
 The layer names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``fc``; in a
 block ``conv1`` ... ``bn3``, ``downsample``), so a torchvision checkpoint loads into the model
-without attention, and into one with attention with ``strict=False`` (only the attention is new).
+without attention, and into one with attention with ``strict=False`` (only the attention is new;
+where each module's keys go: :mod:`chanattn.models.placement`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
+from .placement import AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_resnet_stage"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_resnet_stage", "resnet_stage_of"]
 
 #: Builds the module that replaces a 3x3 convolution and the BN and ReLU after it (SK):
 #: ``f(in_channels, out_channels, stride)``.
@@ -39,7 +41,7 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """y = ReLU(attn(BN(conv3x3(ReLU(BN(conv3x3(x)))))) + shortcut(x)).
+    """y = ReLU(attn(BN(conv3x3(ReLU(BN(conv3x3(x')))))) + shortcut(x')), x' = pre_attn(x).
 
     With ``sk_conv`` (SK), the first 3x3 convolution and the BN and ReLU after it are replaced by
     the SK unit (which has a BN and a ReLU in each branch); the second convolution and its BN stay,
@@ -51,14 +53,18 @@ class BasicBlock(nn.Module):
         stride: of the first convolution.
         downsample: the shortcut (None: identity).
         attn: the attention module on the residual branch (None: none).
+        pre_attn: the module on the block's input, before the branch and the shortcut (the
+            ``"stage_start"`` module of a stage's first block; None: none).
         sk_conv: builds the replacement of the first 3x3 convolution (None: a convolution).
+        stride_in_1x1: no 1x1 convolution here; accepted for the bottleneck's signature.
     """
 
     expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, *, groups: int = 1, base_width: int = 64,
-                 attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
+                 attn: nn.Module | None = None, pre_attn: nn.Module | None = None,
+                 sk_conv: ConvFactory | None = None, stride_in_1x1: bool = False) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise InputError(f"BasicBlock supports only groups=1 and base_width=64, got "
@@ -78,8 +84,11 @@ class BasicBlock(nn.Module):
         self.stride = stride
         self.out_channels = planes
         self.attn = attn  # registered last, where attach() puts it in torchvision's blocks
+        self.pre_attn = pre_attn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_attn is not None:
+            x = self.pre_attn(x)
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.attn is not None:
@@ -89,36 +98,43 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """y = ReLU(attn(BN(conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1(x)))))))) + shortcut(x)).
+    """y = ReLU(attn(BN(conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1(x')))))))) + shortcut(x')), x' = pre_attn(x).
 
-    The stride is on the 3x3 convolution (ResNet v1.5, as torchvision); ``groups`` and
-    ``base_width`` give ResNeXt's width = planes * base_width / 64 * groups. With ``sk_conv``
-    (SK), the 3x3 convolution and the BN and ReLU after it are replaced by the SK unit (SKNet's
-    bottleneck); SK uses its own ``groups`` (32 by default, ``attn_kwargs`` changes it).
+    The stride is on the 3x3 convolution (ResNet v1.5, as torchvision), or on the first 1x1
+    convolution with ``stride_in_1x1`` (ResNet v1, the original MSRA model, on which the SE, CBAM,
+    BAM and GE papers count their FLOPs: ResNet-50 3.86 G multiply-adds instead of 4.09 G; same
+    parameters). ``groups`` and ``base_width`` give ResNeXt's width = planes * base_width / 64 *
+    groups. With ``sk_conv`` (SK), the 3x3 convolution and the BN and ReLU after it are replaced by
+    the SK unit (SKNet's bottleneck), with the 3x3's stride; SK uses its own ``groups`` (32 by
+    default, ``attn_kwargs`` changes it).
 
     Args:
         in_channels: input channels; planes: the bottleneck width before ``groups``/``base_width``
             (output channels = 4 * planes).
-        stride, downsample, attn, sk_conv: as :class:`BasicBlock`.
+        stride, downsample, attn, pre_attn, sk_conv: as :class:`BasicBlock`.
+        stride_in_1x1: the stride on the first 1x1 convolution (v1) instead of the 3x3 (default
+            False, v1.5).
     """
 
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, *, groups: int = 1, base_width: int = 64,
-                 attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
+                 attn: nn.Module | None = None, pre_attn: nn.Module | None = None,
+                 sk_conv: ConvFactory | None = None, stride_in_1x1: bool = False) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         out_channels = planes * self.expansion
-        self.conv1 = conv1x1(in_channels, width)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_channels, width, stride_1x1)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = nn.ReLU(inplace=True)
         if sk_conv is None:
-            self.conv2 = conv3x3(width, width, stride, groups)
+            self.conv2 = conv3x3(width, width, stride_3x3, groups)
             self.bn2 = nn.BatchNorm2d(width)
             self.act2 = nn.ReLU(inplace=True)
         else:
-            self.conv2 = sk_conv(width, width, stride)
+            self.conv2 = sk_conv(width, width, stride_3x3)
             self.bn2 = nn.Identity()
             self.act2 = nn.Identity()
         self.conv3 = conv1x1(width, out_channels)
@@ -128,8 +144,11 @@ class Bottleneck(nn.Module):
         self.stride = stride
         self.out_channels = out_channels
         self.attn = attn  # registered last, where attach() puts it in torchvision's blocks
+        self.pre_attn = pre_attn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_attn is not None:
+            x = self.pre_attn(x)
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -141,28 +160,47 @@ class Bottleneck(nn.Module):
 
 def make_resnet_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks: int,
                       stride: int, plan: AttnPlan, *, make_downsample: Callable[[int, int, int], nn.Module],
-                      groups: int = 1, base_width: int = 64, stage_attn: bool = False) -> nn.Sequential:
-    """One stage: ``num_blocks`` blocks (the first with ``stride``), each with the attention of
-    ``plan``, and the stage's module (BAM) appended where ``stage_attn``.
+                      index: int = 0, size: tuple[int, int] | None = None, downsampled_next: bool = False,
+                      groups: int = 1, base_width: int = 64, stride_in_1x1: bool = False) -> nn.Sequential:
+    """Stage ``index``: ``num_blocks`` blocks (the first with ``stride``) with the attention of
+    ``plan`` where it goes (in the blocks, before the first, after the last: see
+    :class:`~chanattn.models.placement.AttnPlan`).
 
-    ``make_downsample(in_channels, out_channels, stride)`` builds the shortcut where the first
-    block changes the shape.
+    Args:
+        size: the stage's input (H, W) at the model's input size (None: unknown), for the
+            modules' per-stage settings.
+        downsampled_next: whether the next stage downsamples (an ``"after_stage"`` module follows).
+        make_downsample: ``f(in_channels, out_channels, stride)``, the shortcut where the first
+            block changes the shape.
     """
     out_channels = planes * block.expansion
-    attns = plan.block_modules(out_channels, num_blocks)
-    sk_conv = plan.conv3x3 if plan.replaces_conv else None
+    out_size = downsampled(size, stride)
+    stage = plan.stage(index, out_channels, out_size, num_blocks)
+    pre = plan.stage_start(plan.stage(index, in_channels, size, num_blocks))
+    attns = plan.block_modules(stage)
+    sk_conv = plan.conv_factory(stage)
     blocks: list[nn.Module] = []
     for i in range(num_blocks):
         s = stride if i == 0 else 1
         cin = in_channels if i == 0 else out_channels
         downsample = make_downsample(cin, out_channels, s) if (s != 1 or cin != out_channels) else None
         blocks.append(block(cin, planes, s, downsample, groups=groups, base_width=base_width,
-                            attn=attns[i], sk_conv=sk_conv))
-    if stage_attn:
-        post = plan.stage_module(out_channels)
-        if post is not None:
-            blocks.append(post)
+                            attn=attns[i], pre_attn=pre if i == 0 else None, sk_conv=sk_conv,
+                            stride_in_1x1=stride_in_1x1))
+    post = plan.stage_end(stage, downsampled_next)
+    if post is not None:
+        blocks.append(post)
     return nn.Sequential(*blocks)
+
+
+def resnet_stage_of(name: str, layers: Sequence[int]) -> tuple[int, int]:
+    """(stage index, blocks of the stage) of a layer named ``name`` in a model whose stages are
+    ``layer1`` ... (``-1, 0`` for the stem and the head)."""
+    head = name.split(".", 1)[0]
+    if head.startswith("layer") and head[5:].isdigit() and 1 <= int(head[5:]) <= len(layers):
+        i = int(head[5:]) - 1
+        return i, layers[i]
+    return -1, 0
 
 
 def _conv_downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module:
@@ -181,10 +219,13 @@ class ResNet(nn.Module):
             for 224x224 inputs; ``"cifar"``: a 3x3 stride-1 convolution and no pooling, for small
             inputs (32x32: the last stage is 4x4 instead of 1x1).
         groups, width_per_group: ResNeXt's cardinality and width (default 1, 64).
-        attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`). GSoP's
-            official ResNet-50 reduces with stride 2 in the first stage only, to save computation;
-            here every stage uses the module's default (stride 1), as :func:`chanattn.attach`
-            does (``attn_kwargs={"stride": 2}`` sets it for every stage).
+        stride_in_1x1: ResNet v1, the stride of a bottleneck on its first 1x1 convolution
+            (default False: v1.5, as torchvision; see :class:`Bottleneck`).
+        last_stride: the stride of the last stage (default 2; 1 keeps stage 4 at stage 3's size,
+            as the official GSoP-Net ResNets, which ``attn="gsop"`` sets through
+            :func:`chanattn.create_model`).
+        attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`), or an
+            :class:`~chanattn.models.placement.AttnPlan`.
         head: ``"avg"`` (default, global average pooling) or ``"gsop"`` (GSoP-Net2's covariance
             pooling head); head_kwargs: its options.
         zero_init_residual: initialise the last BN of each residual branch to zero (default False).
@@ -192,30 +233,39 @@ class ResNet(nn.Module):
 
     def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 1000, *,
                  in_chans: int = 3, stem: str = "imagenet", groups: int = 1, width_per_group: int = 64,
-                 attn: AttnSpec = None, attn_kwargs: dict | None = None, head: str = "avg",
-                 head_kwargs: dict | None = None, zero_init_residual: bool = False) -> None:
+                 stride_in_1x1: bool = False, last_stride: int = 2, attn: AttnSpec | AttnPlan = None,
+                 attn_kwargs: AttnKwargs = None, head: str = "avg", head_kwargs: dict | None = None,
+                 zero_init_residual: bool = False) -> None:
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
             raise InputError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
-        plan = AttnPlan(attn, attn_kwargs, owner=owner)
+        if last_stride not in (1, 2):
+            raise InputError(f"{owner}: last_stride must be 1 or 2, got {last_stride!r}")
+        plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
+        size = plan.bind(num_stages=len(layers), default_input_size=224 if stem == "imagenet" else 32,
+                         head=head)
+        self.default_input_size = size
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            size = downsampled(downsampled(size, 2), 2)
         else:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        strides = (1, 2, 2, 2)
+        strides = (1, 2, 2, last_stride)
         after = stage_end_flags(strides)
         in_channels = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
             stage = make_resnet_stage(block, in_channels, planes, n, strides[i], plan,
-                                      make_downsample=_conv_downsample, groups=groups,
-                                      base_width=width_per_group, stage_attn=after[i])
+                                      make_downsample=_conv_downsample, index=i, size=size,
+                                      downsampled_next=after[i], groups=groups, base_width=width_per_group,
+                                      stride_in_1x1=stride_in_1x1)
             self.add_module(f"layer{i + 1}", stage)
             in_channels = planes * block.expansion
+            size = downsampled(size, strides[i])
         self.num_features = in_channels
         self.avgpool, features = make_pool(head, in_channels, head_kwargs, owner=owner)
         self.fc = nn.Linear(features, num_classes)
@@ -226,6 +276,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.bn3.weight)
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
+        plan.before_every_conv(self, lambda name: resnet_stage_of(name, layers))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -235,66 +286,33 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(self.forward_features(x)))
 
 
-def _resnet(block, layers, *, attn, attn_kwargs, num_classes, **kwargs) -> ResNet:
-    return ResNet(block, layers, num_classes, attn=attn, attn_kwargs=attn_kwargs, **kwargs)
-
-
 _IMAGENET = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
 
 
-@register_model("resnet18", description="ResNet-18 (basic blocks, 2-2-2-2), 11.7 M params", **_IMAGENET)
-def resnet18(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-             head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(BasicBlock, (2, 2, 2, 2), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
-                   zero_init_residual=zero_init_residual)
+def _register_resnet(name: str, block: type[nn.Module], layers: tuple[int, ...], description: str,
+                     **fixed) -> None:
+    """Register ``name``: a factory with the options every ImageNet ResNet shares, building
+    :class:`ResNet` with ``block``, ``layers`` and the ``fixed`` options (ResNeXt's groups ...)."""
+
+    def factory(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet", head="avg",
+                head_kwargs=None, zero_init_residual=False, stride_in_1x1=False, last_stride=2) -> ResNet:
+        return ResNet(block, layers, num_classes, in_chans=in_chans, stem=stem, stride_in_1x1=stride_in_1x1,
+                      last_stride=last_stride, attn=attn, attn_kwargs=attn_kwargs, head=head,
+                      head_kwargs=head_kwargs, zero_init_residual=zero_init_residual, **fixed)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{description}. See :class:`ResNet` for the options."
+    register_model(name, description=description, **_IMAGENET)(factory)
+    globals()[name] = factory
+    __all__.append(name)
 
 
-@register_model("resnet34", description="ResNet-34 (basic blocks, 3-4-6-3), 21.8 M params", **_IMAGENET)
-def resnet34(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-             head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(BasicBlock, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
-                   zero_init_residual=zero_init_residual)
-
-
-@register_model("resnet50", description="ResNet-50 (bottlenecks, 3-4-6-3), 25.56 M params", **_IMAGENET)
-def resnet50(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-             head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
-                   zero_init_residual=zero_init_residual)
-
-
-@register_model("resnet101", description="ResNet-101 (bottlenecks, 3-4-23-3), 44.5 M params", **_IMAGENET)
-def resnet101(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-              head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 23, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
-                   zero_init_residual=zero_init_residual)
-
-
-@register_model("resnet152", description="ResNet-152 (bottlenecks, 3-8-36-3), 60.2 M params", **_IMAGENET)
-def resnet152(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-              head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(Bottleneck, (3, 8, 36, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, head=head, head_kwargs=head_kwargs,
-                   zero_init_residual=zero_init_residual)
-
-
-@register_model("resnext50_32x4d", description="ResNeXt-50 32x4d (grouped bottlenecks), 25.0 M params",
-                **_IMAGENET)
-def resnext50_32x4d(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-                    head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, groups=32, width_per_group=4, head=head,
-                   head_kwargs=head_kwargs, zero_init_residual=zero_init_residual)
-
-
-@register_model("wide_resnet50_2", description="Wide-ResNet-50-2 (bottlenecks twice as wide), 68.9 M params",
-                **_IMAGENET)
-def wide_resnet50_2(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet",
-                    head="avg", head_kwargs=None, zero_init_residual=False) -> ResNet:
-    return _resnet(Bottleneck, (3, 4, 6, 3), attn=attn, attn_kwargs=attn_kwargs, num_classes=num_classes,
-                   in_chans=in_chans, stem=stem, width_per_group=128, head=head,
-                   head_kwargs=head_kwargs, zero_init_residual=zero_init_residual)
+_register_resnet("resnet18", BasicBlock, (2, 2, 2, 2), "ResNet-18 (basic blocks, 2-2-2-2), 11.7 M params")
+_register_resnet("resnet34", BasicBlock, (3, 4, 6, 3), "ResNet-34 (basic blocks, 3-4-6-3), 21.8 M params")
+_register_resnet("resnet50", Bottleneck, (3, 4, 6, 3), "ResNet-50 (bottlenecks, 3-4-6-3), 25.56 M params")
+_register_resnet("resnet101", Bottleneck, (3, 4, 23, 3), "ResNet-101 (bottlenecks, 3-4-23-3), 44.5 M params")
+_register_resnet("resnet152", Bottleneck, (3, 8, 36, 3), "ResNet-152 (bottlenecks, 3-8-36-3), 60.2 M params")
+_register_resnet("resnext50_32x4d", Bottleneck, (3, 4, 6, 3),
+                 "ResNeXt-50 32x4d (grouped bottlenecks), 25.0 M params", groups=32, width_per_group=4)
+_register_resnet("wide_resnet50_2", Bottleneck, (3, 4, 6, 3),
+                 "Wide-ResNet-50-2 (bottlenecks twice as wide), 68.9 M params", width_per_group=128)

@@ -7,15 +7,15 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .placement import AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
+from .placement import AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
-from .resnet import ConvFactory, conv1x1, conv3x3
+from .resnet import ConvFactory, conv1x1, conv3x3, resnet_stage_of
 
 __all__ = ["WideBasicBlock", "WideResNet"]
 
 
 class WideBasicBlock(nn.Module):
-    """y = attn(conv3x3(dropout(ReLU(BN(conv3x3(ReLU(BN(x)))))))) + shortcut(x).
+    """y = attn(conv3x3(dropout(ReLU(BN(conv3x3(ReLU(BN(x')))))))) + shortcut(x'), x' = pre_attn(x).
 
     The pre-activation block of WRN. The shortcut is the identity, or a 1x1 convolution (no BN)
     of the pre-activated input ReLU(BN(x)) where the shape changes, as in the reference code.
@@ -26,11 +26,13 @@ class WideBasicBlock(nn.Module):
     Args:
         in_channels, out_channels: channels; stride: of the first convolution.
         dropout: the dropout probability between the convolutions (default 0).
-        attn: the attention module (None: none); sk_conv: builds the SK unit (None: a convolution).
+        attn: the attention module (None: none); pre_attn: the module on the block's input (None:
+            none); sk_conv: builds the SK unit (None: a convolution).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0, *,
-                 attn: nn.Module | None = None, sk_conv: ConvFactory | None = None) -> None:
+                 attn: nn.Module | None = None, pre_attn: nn.Module | None = None,
+                 sk_conv: ConvFactory | None = None) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.act1 = nn.ReLU(inplace=True)
@@ -49,8 +51,11 @@ class WideBasicBlock(nn.Module):
         self.stride = stride
         self.out_channels = out_channels
         self.attn = attn
+        self.pre_attn = pre_attn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_attn is not None:
+            x = self.pre_attn(x)
         pre = self.act1(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.dropout(self.act2(self.bn2(out))))
@@ -63,12 +68,11 @@ class WideBasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-d-k for 32x32 inputs: a 3x3 convolution to 16 channels, three stages of (d - 4) / 6
     pre-activation blocks with 16k, 32k, 64k channels (strides 1, 2, 2), BN, ReLU, global average
-    pooling and a linear classifier. WRN-28-10 has 36.5 M parameters.
+    pooling and a linear classifier. WRN-28-10 has 36.5 M parameters, WRN-22-10 26.8 M.
 
-    Attention as in every model here: per block at the end of the residual branch (after its last
-    convolution; the pre-activation block has no BN there), ``bam`` after stages 1 and 2, ``sk``
-    in place of each block's first convolution, ``dia`` one cell per stage, ``gsop`` in each
-    stage's last block.
+    Attention where its paper puts it (see :func:`chanattn.create_model`); a per-block module goes
+    at the end of the residual branch (after its last convolution; the pre-activation block has no
+    BN there), ``sk`` in place of each block's first convolution.
 
     Args:
         depth: 6n + 4 (16, 22, 28, 40, ...; default 28).
@@ -79,8 +83,8 @@ class WideResNet(nn.Module):
     """
 
     def __init__(self, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0,
-                 num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec = None,
-                 attn_kwargs: dict | None = None) -> None:
+                 num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec | AttnPlan = None,
+                 attn_kwargs: AttnKwargs = None) -> None:
         super().__init__()
         owner = type(self).__name__
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
@@ -90,31 +94,37 @@ class WideResNet(nn.Module):
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise InputError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
         n = (depth - 4) // 6
-        plan = AttnPlan(attn, attn_kwargs, owner=owner)
-        sk_conv = plan.conv3x3 if plan.replaces_conv else None
+        plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
+        size = plan.bind(num_stages=3, default_input_size=32)
+        self.default_input_size = size
         self.depth, self.widen_factor = depth, widen_factor
         self.conv1 = conv3x3(in_chans, 16)
         strides = (1, 2, 2)
         after = stage_end_flags(strides)
         in_channels = 16
         for i, width in enumerate((16 * widen_factor, 32 * widen_factor, 64 * widen_factor)):
-            attns = plan.block_modules(width, n)
+            out_size = downsampled(size, strides[i])
+            stage = plan.stage(i, width, out_size, n)
+            pre = plan.stage_start(plan.stage(i, in_channels, size, n))
+            attns = plan.block_modules(stage)
             blocks: list[nn.Module] = [
                 WideBasicBlock(in_channels if j == 0 else width, width, strides[i] if j == 0 else 1,
-                               dropout, attn=attns[j], sk_conv=sk_conv)
+                               dropout, attn=attns[j], pre_attn=pre if j == 0 else None,
+                               sk_conv=plan.conv_factory(stage))
                 for j in range(n)
             ]
-            post = plan.stage_module(width) if after[i] else None
+            post = plan.stage_end(stage, after[i])
             if post is not None:
                 blocks.append(post)
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            in_channels = width
+            in_channels, size = width, out_size
         self.bn = nn.BatchNorm2d(in_channels)
         self.act = nn.ReLU(inplace=True)
         self.num_features = in_channels
         self.pool, features = make_pool("avg", in_channels, None, owner=owner)
         self.fc = nn.Linear(features, num_classes)
         init_backbone_(self, keep=plan.created)
+        plan.before_every_conv(self, lambda name: resnet_stage_of(name, (n, n, n)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
@@ -138,6 +148,12 @@ def wide_resnet(*, attn=None, attn_kwargs=None, num_classes=10, depth=28, widen_
 def wrn16_4(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3) -> WideResNet:
     """WRN-16-4. See :class:`WideResNet`."""
     return WideResNet(16, 4, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs)
+
+
+@register_model("wrn22_10", family="cifar", description="Wide-ResNet WRN-22-10, 26.8 M params")
+def wrn22_10(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3) -> WideResNet:
+    """WRN-22-10 (the wide network of the C3 paper's CIFAR-100 table). See :class:`WideResNet`."""
+    return WideResNet(22, 10, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs)
 
 
 @register_model("wrn28_10", family="cifar", description="Wide-ResNet WRN-28-10, 36.5 M params")

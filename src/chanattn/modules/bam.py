@@ -17,7 +17,9 @@ _FUSIONS = ("mul", "sum")
 
 @register("bam", title="Bottleneck Attention Module",
           paper="BAM: Bottleneck Attention Module (BMVC 2018, arXiv:1807.06514)",
-          year=2018, kind="hybrid")
+          year=2018, kind="hybrid", placement="after_stage",
+          placement_note="once after each stage followed by a downsampling (the paper: at every bottleneck "
+                         "of the network; stages 1-3 of a ResNet), not inside the blocks")
 class BottleneckAttention(AttentionModule):
     """y = x * (1 + sigmoid(Mc(x) ∘ Ms(x))), Mc of shape (B, C, 1, 1), Ms of shape (B, 1, H, W).
 

@@ -105,7 +105,9 @@ class DIAStageState:
 
 @register("dia", title="Dense-and-Implicit Attention",
           paper="DIANet: Dense-and-Implicit Attention Network (AAAI 2020, arXiv:1905.10671)",
-          year=2020, kind="channel")
+          year=2020, kind="channel", placement="shared_per_stage",
+          placement_note="every block, one LSTM cell shared by the blocks of each stage (official "
+                         "models/cifar: Attention wraps each stage)")
 class DenseImplicitAttention(AttentionModule):
     """y = x * h_t, (h_t, c_t) = cell(GAP(x), (h_{t-1}, c_{t-1})), t = this block's index in its stage.
 
@@ -190,6 +192,11 @@ class DenseImplicitAttention(AttentionModule):
         else:
             state.h, state.c, state.next_index = h, c, self.index + 1
         return x * h[:, :, None, None]
+
+    @classmethod
+    def make_stage(cls, channels: int, num_blocks: int, **kwargs) -> list[DenseImplicitAttention]:
+        """The modules of a stage of ``num_blocks`` blocks sharing one cell: :func:`make_dia_stage`."""
+        return make_dia_stage(channels, num_blocks, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, index={self.index}, "

@@ -10,9 +10,24 @@ from torch import nn
 
 from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
-from ..registry import register
+from ..registry import Stage, register
 
-__all__ = ["EfficientChannelAttention", "eca_kernel_size"]
+__all__ = ["RELEASED_KERNELS", "EfficientChannelAttention", "eca_kernel_size"]
+
+#: The kernel sizes per stage of the released ECA-ResNets (official README: eca_resnet18_k3577,
+#: eca_resnet34_k3357, eca_resnet50_k3557, eca_resnet101_k3357, eca_resnet152_k3357).
+RELEASED_KERNELS: dict[str, tuple[int, ...]] = {
+    "resnet18": (3, 5, 7, 7), "resnet34": (3, 3, 5, 7), "resnet50": (3, 5, 5, 7),
+    "resnet101": (3, 3, 5, 7), "resnet152": (3, 3, 5, 7),
+}
+
+
+def _released_kernels(stage: Stage) -> dict:
+    """The kernel of the released ECA-ResNet in this stage; elsewhere the adaptive rule."""
+    kernels = RELEASED_KERNELS.get(stage.arch or "")
+    if kernels is None or not 0 <= stage.index < len(kernels):
+        return {}
+    return {"kernel_size": kernels[stage.index]}
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
@@ -27,7 +42,9 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
 @register("eca", title="Efficient Channel Attention",
           paper="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks "
                 "(CVPR 2020, arXiv:1910.03151)",
-          year=2020, kind="channel")
+          year=2020, kind="channel", stage_kwargs=_released_kernels,
+          placement_note="every block; in ResNet-18/34/50/101/152 the kernel sizes of the released models "
+                         "per stage (RELEASED_KERNELS), elsewhere the adaptive rule")
 class EfficientChannelAttention(AttentionModule):
     """y = x * sigmoid(conv1d_k(GAP(x))): a 1-D convolution over the channel axis, no bias.
 

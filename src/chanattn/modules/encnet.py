@@ -82,7 +82,11 @@ class Encoding(nn.Module):
 
 @register("encnet", title="Context Encoding Module",
           paper="Context Encoding for Semantic Segmentation (CVPR 2018, arXiv:1803.08904)",
-          year=2018, kind="channel")
+          year=2018, kind="channel", placement="head",
+          placement_note="once, on the backbone's final feature map (EncNet's EncHead: the Context Encoding "
+                         "Module on top of the last stage). EncNet's CIFAR-10 classifier uses a lighter "
+                         "block (EncLayer: 4x reduction, 16 codewords, flattened) in every residual block; "
+                         "that is not this module")
 class ContextEncoding(AttentionModule):
     """y = relu(x + x * gamma), gamma = sigmoid(W mean_k ReLU(BN(Enc(ReLU(BN(conv1x1(x)))))) + b).
 

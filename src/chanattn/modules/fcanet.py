@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
-from ..registry import register
+from ..registry import Stage, register
 
 __all__ = ["FREQ_TABLES", "FrequencyChannelAttention", "dct_basis_1d", "frequency_indices"]
 
@@ -77,9 +77,19 @@ def dct_basis_1d(freq: int, size: int) -> list[float]:
     return [scale * math.cos(math.pi * freq * (t + 0.5) / size) for t in range(size)]
 
 
+def _stage_grid(stage: Stage) -> dict:
+    """FcaNet's DCT grid in a stage: the stage's feature size (the official c2wh: 56, 28, 14, 7
+    at 224 x 224), at least the tables' 7 x 7 (smaller maps are pooled up to it)."""
+    if stage.size is None:
+        return {}
+    return {"dct_h": max(TABLE_GRID, stage.size[0]), "dct_w": max(TABLE_GRID, stage.size[1])}
+
+
 @register("fca", title="Multi-spectral channel attention (FcaNet)",
           paper="FcaNet: Frequency Channel Attention Networks (ICCV 2021, arXiv:2012.11879)",
-          year=2021, kind="channel")
+          year=2021, kind="channel", stage_kwargs=_stage_grid,
+          placement_note="every block; the DCT grid of each stage is its feature size at the model's "
+                         "input size (official model/fcanet.py, c2wh = 56/28/14/7 at 224), at least 7 x 7")
 class FrequencyChannelAttention(AttentionModule):
     """y = x * sigmoid(W2 relu(W1 [sum_{h,w} x_c B_{g(c)}(h, w)]_c)): SE on multi-spectral pooling.
 

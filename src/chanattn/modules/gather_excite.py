@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, create_act, reduced_channels
-from ..registry import register
+from ..registry import Stage, register
 
 __all__ = ["GatherExcite", "GatherExciteTheta", "GatherExciteThetaMinus", "GatherExciteThetaPlus"]
 
@@ -138,7 +138,21 @@ class GatherExcite(AttentionModule):
         return f"channels={self.channels}, extent={self.extent}{size}"
 
 
-@register("ge_theta_minus", title="Gather-Excite θ-", paper=_PAPER, year=2018, kind="hybrid")
+def _global_extent(stage: Stage) -> dict:
+    """The global extent of the paper's headline GE-θ and GE-θ+ models: a depthwise gather over
+    the whole map of each stage (its feature size at the model's input size)."""
+    if stage.size is None:
+        return {}
+    return {"extent": 0, "spatial_size": tuple(stage.size)}
+
+
+_GLOBAL_NOTE = ("every block, with the global extent of the paper's headline models (Table 3: "
+                "GE-θ/GE-θ+ ResNet-50): the gather's kernel is each stage's feature size at the model's "
+                "input size, so the model takes that input size only")
+
+
+@register("ge_theta_minus", title="Gather-Excite θ-", paper=_PAPER, year=2018, kind="hybrid",
+          placement_note="every block, global extent (the module's default)")
 class GatherExciteThetaMinus(GatherExcite):
     """GE-θ-: no parameters; y = x * sigmoid(upsample(avgpool_e(x))).
 
@@ -150,7 +164,8 @@ class GatherExciteThetaMinus(GatherExcite):
         super().__init__(channels, extent=extent, gate_layer=gate_layer)
 
 
-@register("ge_theta", title="Gather-Excite θ", paper=_PAPER, year=2018, kind="hybrid")
+@register("ge_theta", title="Gather-Excite θ", paper=_PAPER, year=2018, kind="hybrid",
+          stage_kwargs=_global_extent, placement_note=_GLOBAL_NOTE)
 class GatherExciteTheta(GatherExcite):
     """GE-θ: a gather of depthwise strided convolutions; y = x * sigmoid(upsample(gather(x))).
 
@@ -165,7 +180,8 @@ class GatherExciteTheta(GatherExcite):
                          spatial_size=spatial_size, act_layer=act_layer, gate_layer=gate_layer)
 
 
-@register("ge_theta_plus", title="Gather-Excite θ+", paper=_PAPER, year=2018, kind="hybrid")
+@register("ge_theta_plus", title="Gather-Excite θ+", paper=_PAPER, year=2018, kind="hybrid",
+          stage_kwargs=_global_extent, placement_note=_GLOBAL_NOTE)
 class GatherExciteThetaPlus(GatherExcite):
     """GE-θ+: GE-θ's gather and an SE-style excite (1x1 convs C -> C/16 -> C, with bias) before
     the upsampling. Default extent 8, as :class:`GatherExciteTheta`."""

@@ -17,7 +17,10 @@ _MODES = ("l2", "l1")
 
 @register("gct", title="Gated Channel Transformation",
           paper="Gated Channel Transformation for Visual Recognition (CVPR 2020, arXiv:1909.11519)",
-          year=2020, kind="channel")
+          year=2020, kind="channel", placement="every_conv",
+          placement_note="before every convolution, the stem and the shortcuts included, as the official "
+                         "GCT-ResNet (PyTorch/resnet.py) and the paper's default setting; that ResNet is v1 "
+                         "(create_model(..., stride_in_1x1=True))")
 class GCT(AttentionModule):
     """y = x * (1 + tanh(s_c * gamma_c / ||s||_CN + beta_c)), s_c = alpha_c * ||x_c||_p.
 

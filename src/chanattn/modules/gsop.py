@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
-from ..registry import register
+from ..registry import Stage, register
 from .covariance import covariance_pool, sqrtm_newton_schulz, triu_vectorize
 
 __all__ = ["GSoP", "GSoPHead"]
@@ -17,8 +17,21 @@ __all__ = ["GSoP", "GSoPHead"]
 _PAPER = "Global Second-order Pooling Convolutional Networks (CVPR 2019, arXiv:1811.12006)"
 
 
+def _official_stages(stage: Stage) -> dict | None:
+    """The official GSoP networks: the reduction with stride 2 in the first stage (``planes <= 64``
+    in the official Bottleneck), and no GSoP block in the last stage of GSoP-Net2 (``head="gsop"``:
+    main.py clears the last entry of ``attpos``)."""
+    if stage.last and stage.head == "gsop":
+        return None
+    return {"stride": 2} if stage.first else {}
+
+
 @register("gsop", title="Global Second-order Pooling block", paper=_PAPER, year=2019,
-          kind="channel")
+          kind="channel", placement="last_block", stage_kwargs=_official_stages,
+          backbone={"last_stride": 1},
+          placement_note="the last block of each stage (official main.py: attpos), none in the last stage "
+                         "of GSoP-Net2 (head='gsop'); the reduction with stride 2 in the first stage, and "
+                         "the ImageNet ResNets' last stage at stride 1, as the official resnet.py")
 class GSoP(AttentionModule):
     """y = x * sigmoid(W RC(RowBN(Cov(ReLU(BN(Conv1x1(ReLU(x)))))))), one factor per channel.
 

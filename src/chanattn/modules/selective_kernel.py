@@ -22,7 +22,9 @@ __all__ = ["SelectiveKernel"]
 
 @register("sk", title="Selective Kernel",
           paper="Selective Kernel Networks (CVPR 2019, arXiv:1903.06586)",
-          year=2019, kind="branch")
+          year=2019, kind="branch", placement="replace_conv",
+          placement_note="in place of each block's 3x3 convolution (SKNet: the bottleneck's middle "
+                         "convolution), with the block's stride")
 class SelectiveKernel(AttentionModule):
     """V = sum_m a_m ⊙ U_m, a = softmax over branches of FC_m(z), z = ReLU(BN(FC(GAP(sum_m U_m)))).
 

@@ -17,7 +17,13 @@ __all__ = ["SoCA"]
 _PAPER = "Second-order Attention Network for Single Image Super-Resolution (CVPR 2019)"
 
 
-@register("soca", title="Second-order Channel Attention", paper=_PAPER, year=2019, kind="channel")
+@register("soca", title="Second-order Channel Attention", paper=_PAPER, year=2019, kind="channel",
+          placement="group_end",
+          placement_note="once at the end of each residual group, as SAN's LSRAG (official model/san.py: the "
+                         "group's blocks, then SOCA, then a convolution and the group's shortcut); a ResNet "
+                         "stage is the group, so one after every stage. A choice: SAN is a super-resolution "
+                         "network of 64 channels; at 2048 channels (ResNet-50's last stage) the "
+                         "Newton-Schulz iterations cost ~0.1 T multiply-adds per image")
 class SoCA(AttentionModule):
     """y = x * sigmoid(W_U ReLU(W_D z + b_D) + b_U), z_c = mean_j sqrtm(Cov(x))_{cj}.
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "Callback": ".callbacks",
     "RECIPES": ".config",
     "TrainConfig": ".config",
     "resolve_config": ".config",
@@ -28,19 +29,29 @@ _EXPORTS = {
     "lr_at": ".trainer",
     "param_groups": ".trainer",
     "train": ".trainer",
+    "train_one_epoch": ".trainer",
 }
 
 __all__ = [
-    "RECIPES", "TrainConfig", "TrainingDiverged", "build_model", "evaluate", "evaluate_checkpoint",
-    "load_checkpoint", "lr_at", "param_groups", "resolve_config", "run_compare", "save_checkpoint",
-    "train",
+    "RECIPES", "Callback", "TrainConfig", "TrainingDiverged", "build_model", "evaluate",
+    "evaluate_checkpoint", "load_checkpoint", "lr_at", "param_groups", "resolve_config", "run_compare",
+    "save_checkpoint", "train", "train_one_epoch",
 ]  # the names of _EXPORTS (a test checks)
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from ..errors import TrainingDiverged
+    from .callbacks import Callback
     from .checkpoint import load_checkpoint, save_checkpoint
     from .compare import run_compare
     from .config import RECIPES, TrainConfig, resolve_config
-    from .trainer import build_model, evaluate, evaluate_checkpoint, lr_at, param_groups, train
+    from .trainer import (
+        build_model,
+        evaluate,
+        evaluate_checkpoint,
+        lr_at,
+        param_groups,
+        train,
+        train_one_epoch,
+    )

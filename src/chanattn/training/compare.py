@@ -78,14 +78,13 @@ def _train_one(job: tuple[dict, str, int | None]) -> tuple[str, int, dict | None
     """Worker: train one (module, seed); never raises (the error comes back as text)."""
     from .trainer import train
 
-    cfg_dict, run_dir, threads = job
+    cfg_dict, _run_dir, threads = job
     cfg = TrainConfig(**cfg_dict)
     if threads:
         torch.set_num_threads(threads)
     module = cfg.attn or BASELINE
     try:
-        resume = run_dir if os.path.isfile(os.path.join(run_dir, "last.pt")) else None
-        summary = train(cfg, resume=resume, quiet=True)
+        summary = train(cfg, resume="auto", quiet=True)  # continues an interrupted pair
         return module, cfg.seed, summary, None
     except Exception as exc:
         return module, cfg.seed, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -177,7 +176,7 @@ def run_compare(
     for name in names:
         cfg = dataclasses.replace(base, attn=None if name == BASELINE else name)
         try:
-            model = build_model(cfg, spec.num_classes, spec.in_chans)
+            model = build_model(cfg, spec.num_classes, spec.in_chans, spec.image_size)
             static[name] = {
                 "params": count_params(model),
                 "macs": count_macs(model, shape1),

@@ -23,6 +23,7 @@ __all__ = [
     "RUNTIME_FIELDS",
     "SCHEDULES",
     "TrainConfig",
+    "describe_recipe",
     "load_config_file",
     "resolve_config",
 ]
@@ -103,7 +104,8 @@ class TrainConfig:
     amp: str = _f("none", "mixed precision (fp16 needs CUDA)", AMP_MODES)
     channels_last: bool = _f(False, "channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
-    threads: int | None = _f(None, "torch CPU threads (default: torch's default)")
+    threads: int | None = _f(None, "torch CPU threads per process (default: chosen from the usable "
+                                    "cores, the 1-minute load and the processes on this machine)")
     num_workers: int = _f(0, "data-loader workers (imagefolder on disk only)")
     # reproducibility and bookkeeping
     seed: int = _f(0, "seed of weights, batch order and augmentation")
@@ -114,6 +116,9 @@ class TrainConfig:
     stop_after: int | None = _f(None, "stop after this epoch (the schedule still spans --epochs; "
                                       "continue with --resume)")
     recipe: str | None = _f(None, "the preset these values started from (informational)")
+    init_from: str | None = _f(None, "start from the model weights of this checkpoint (a file, a run "
+                                     "directory: its last.pt, a state_dict or safetensors file) with a "
+                                     "new optimiser at epoch 0: fine-tuning")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -284,3 +289,22 @@ def resolve_config(
     if values.get("attn") in ("none", "None", ""):
         values["attn"] = None
     return TrainConfig(**values).validate()
+
+
+def describe_recipe(cfg: TrainConfig) -> str:
+    """The schedule and optimiser in force, in one line: ``"160 epochs, batch 128, sgd lr 0.1
+    (momentum 0.9, weight decay 0.0001), x0.1 at epochs 120,140"``."""
+    if cfg.schedule == "multistep":
+        sched = (f"x{cfg.gamma:g} at epochs {','.join(map(str, cfg.milestones))}" if cfg.milestones
+                 else "multistep without milestones (constant)")
+    elif cfg.schedule == "step":
+        sched = f"x{cfg.gamma:g} every {cfg.step_size} epochs"
+    elif cfg.schedule == "cosine":
+        sched = f"cosine to {cfg.min_lr:g}"
+    else:
+        sched = "constant"
+    if cfg.warmup_epochs:
+        sched += f" after {cfg.warmup_epochs:g} warm-up epoch{'s' if cfg.warmup_epochs != 1 else ''}"
+    mom = "beta1" if cfg.optimizer == "adamw" else "momentum"
+    return (f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {cfg.optimizer} "
+            f"lr {cfg.lr:g} ({mom} {cfg.momentum:g}, weight decay {cfg.weight_decay:g}), {sched}")

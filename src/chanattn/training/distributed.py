@@ -29,7 +29,11 @@ class DistInfo:
 
 
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when torchrun started us (gloo on CPU, nccl on CUDA)."""
+    """Join the process group when torchrun started us (gloo on CPU, nccl on CUDA).
+
+    The group's keys live under a prefix of torchrun's attempt (``TORCHELASTIC_RESTART_COUNT``):
+    torchrun keeps one key-value store for all attempts, so without it the workers of a restart
+    could read the addresses of the killed workers (gloo: "Connection refused")."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -39,7 +43,10 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"chanattn/attempt{attempt}/", store),
+                                rank=rank, world_size=world_size)
     return DistInfo(rank, world_size, local_rank)
 
 

@@ -1,18 +1,38 @@
-"""The training loop: ``train(config)`` on one process or under torchrun, ``evaluate_checkpoint``.
+"""The training loop, in the pieces of torchvision's reference script: build the data, the model
+and the optimiser; ``train_one_epoch`` and ``evaluate`` each epoch; save a checkpoint; and a short
+``train(config)`` that composes them, on one process or under torchrun. ``evaluate_checkpoint``
+scores a saved run.
 
-Split as torchvision's reference script is (build the data, the model and the optimiser, then
-``train_one_epoch`` and ``evaluate`` per epoch), with what long runs need:
+    setup_device(cfg)                        torchrun's process group, this rank's device
+    build_data(cfg, info, device)            data set, batch loaders, augmentation
+    build_model(cfg, classes, in_chans, size) create_model(arch, attn, ...) for the data set
+    build_optimizer(cfg, model), lr_at(...)  SGD/AdamW over param_groups(); lr of every step
+    wrap_model(model, cfg, info, device)     DistributedDataParallel, torch.compile
+    train_one_epoch(...)                     one pass over the training batches
+    evaluate(...)                            loss, top-1, top-5 over a loader (summed over ranks)
+    checkpoint_state(...), save_epoch(...)   what a checkpoint holds; last/best.pt and metrics.jsonl
+    resume_state(...), init_weights(...)     continue a run; start one from another's weights
+    train(cfg, resume=..., overwrite=..., epochs=..., callbacks=...)
+
+What long runs get:
 
 - a checkpoint every epoch, written atomically (``DIR/last.pt``; the one before it is kept as
   ``DIR/previous.pt``; the best test top-1 as ``DIR/best.pt``), holding model, optimiser, scheduler,
   grad scaler, RNG states, epoch, config and the metrics so far;
-- ``resume=DIR`` continues from ``DIR/last.pt`` so that the final weights equal an uninterrupted
-  run's: the batch order and the augmentation are functions of (seed, epoch, rank), the global
-  RNG is restored, the learning rate is a function of the step;
-- ``DIR/metrics.jsonl`` (one line per epoch), ``DIR/config.yaml``, ``DIR/summary.json`` at the end;
+- a run directory is never overwritten silently (:mod:`.rundir`): a new run into a directory that
+  holds one is refused unless ``overwrite``; ``resume="auto"`` continues when ``DIR/last.pt`` exists
+  and starts otherwise (what torchrun's elastic restarts need); ``resume=DIR`` continues that run;
+- a continued run ends with the weights an uninterrupted run would have: the batch order and the
+  augmentation are functions of (seed, epoch, rank), the global RNG is restored, the learning rate
+  is a function of the step (``epochs`` may grow or shrink when continuing: :func:`lr_at`);
+- ``init_from`` starts a new run (new optimiser, epoch 0) from another checkpoint's model weights;
+- ``DIR/metrics.jsonl`` (one line per epoch, the epochs of the checkpoint), ``DIR/config.yaml``,
+  ``DIR/summary.json`` at the end; every file through :mod:`chanattn.io`;
 - a loss that becomes NaN or Inf stops the run with :class:`TrainingDiverged`, before any checkpoint
   of that epoch is written;
-- the output directory is checked (writable, free space) before the first step.
+- the output directory is checked (writable, free space) before the first step;
+- :class:`~.callbacks.Callback` hooks at each loss, step end and epoch end; the reliability tests'
+  fault injection (``CHANATTN_FAULT``, :class:`~.callbacks.FaultInjection`) is one.
 
 Distributed (``torchrun --nproc_per_node N -m chanattn train ...``): DistributedDataParallel,
 each rank sees its shard of every epoch's permutation, ``batch_size`` is the global batch
@@ -27,39 +47,51 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._optional import require
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..io import write_text
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import RUNTIME_FIELDS, TrainConfig
+from . import threads as _threads
+from .callbacks import Callback, FaultInjection
+from .checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+)
+from .config import TrainConfig, describe_recipe
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, state_digest
 from .progress import Progress
+from .rundir import RunPlan, clear_run, plan_run, write_metrics
 
 __all__ = [
+    "Callback",
+    "RunState",
     "TrainingDiverged",
+    "build_data",
     "build_model",
+    "build_optimizer",
     "evaluate",
     "evaluate_checkpoint",
     "lr_at",
     "param_groups",
     "train",
+    "train_one_epoch",
 ]
 
-#: Fault injection for the reliability tests: ``CHANATTN_FAULT=kill@E.S`` kills the process
-#: (SIGKILL) at step S of epoch E; ``nan@E.S`` makes that step's loss NaN.
-FAULT_ENV = "CHANATTN_FAULT"
 
-
-# ----------------------------------------------------------------------------------------- pieces
+# ------------------------------------------------------------------------------------------ build
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,12 +105,86 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The model of a config: ``create_model(arch, attn, ...)`` sized for the data set."""
+def setup_device(cfg: TrainConfig) -> tuple[DistInfo, torch.device]:
+    """Join the process group when torchrun started us; the device of this rank; the run's
+    determinism settings."""
+    device_type = (
+        "cuda"
+        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    info = init_distributed(device_type)
+    device = resolve_device(cfg.device, info)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp fp16 needs a CUDA device (use amp bf16 on CPU)")
+    if cfg.batch_size % info.world_size:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is the global batch and must be divisible by the "
+            f"{info.world_size} ranks"
+        )
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return info, device
+
+
+@dataclass
+class Data:
+    """The data of a run: the data set (``data.train``, ``data.test``, ``data.spec``), the batch
+    loaders of this rank and the augmentation on the device."""
+
+    data: Any
+    train_loader: Any
+    test_loader: Any
+    augment: nn.Module
+
+    @property
+    def spec(self):
+        return self.data.spec
+
+
+def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Data:
+    """Load the data set (rank 0 downloads first) and build this rank's loaders: training batches
+    of ``batch_size / world_size`` (every rank the same number of full batches), evaluation batches
+    that see each test image once over the ranks."""
+    from ..data import Augment, BatchLoader, load_data
+
+    if cfg.download and info.enabled and not info.is_main:
+        barrier(info)  # rank 0 downloads first
+        data = load_data(cfg.dataset, cfg.data_root, download=False, image_size=cfg.image_size)
+    else:
+        data = load_data(cfg.dataset, cfg.data_root, download=cfg.download, image_size=cfg.image_size)
+        if cfg.download and info.enabled:
+            barrier(info)
+
+    def loader(split, batch: int, train: bool) -> BatchLoader:
+        return BatchLoader(split, batch, shuffle=train, drop_last=train, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size, device=device, num_workers=cfg.num_workers,
+                           pad_to_equal=train)
+
+    train_loader = loader(data.train, cfg.batch_size // info.world_size, train=True)
+    test_loader = loader(data.test, max(cfg.eval_batch_size // info.world_size, 1), train=False)
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images "
+            f"({cfg.dataset}); use a smaller --batch-size"
+        )
+    augment = Augment(data.spec, crop_padding=cfg.crop_padding, hflip=cfg.hflip).to(device)
+    return Data(data, train_loader, test_loader, augment)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
+                image_size: tuple[int, int] | None = None) -> nn.Module:
+    """The model of a config: ``create_model(arch, attn, ...)`` sized for the data set (its
+    channels, and its image size, which fixes the per-stage settings of some modules)."""
     from ..models import create_model
 
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("in_chans", in_chans)
+    if image_size is not None:
+        kwargs.setdefault("input_size", tuple(image_size))
     return create_model(
         cfg.arch, attn=cfg.attn, num_classes=num_classes, attn_kwargs=dict(cfg.attn_kwargs) or None, **kwargs
     )
@@ -115,7 +221,12 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of global step ``step`` (0-based): the schedule over epochs (fractional, so
     cosine and warm-up move every step; step and multistep change at epoch boundaries), with a
-    linear warm-up from ``lr * warmup_factor`` over ``warmup_epochs``."""
+    linear warm-up from ``lr * warmup_factor`` over ``warmup_epochs``.
+
+    A function of ``cfg.epochs`` only through the cosine schedule: when a continued run changes
+    ``epochs``, a cosine schedule is recomputed over the new length (the lr rises back to where the
+    longer curve is at that step: a partial warm restart), while multistep and step keep their
+    milestones in absolute epochs (past the last milestone the lr stays at its final value)."""
     epoch = step / steps_per_epoch
     if cfg.schedule == "multistep":
         lr = cfg.lr * cfg.gamma ** sum(int(epoch) >= m for m in cfg.milestones)
@@ -134,22 +245,6 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
-
-
-def _parse_fault() -> tuple[str, int, int] | None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    try:
-        kind, where = spec.split("@")
-        epoch, step = (int(v) for v in where.split("."))
-    except ValueError:
-        raise ConfigError(
-            f"{FAULT_ENV} must look like kill@EPOCH.STEP or nan@EPOCH.STEP, got {spec!r}"
-        ) from None
-    if kind not in ("kill", "nan"):
-        raise ConfigError(f"{FAULT_ENV}: unknown fault {kind!r} (kill or nan)")
-    return kind, epoch, step
 
 
 def check_output_dir(out: str, model: nn.Module, optimizer_slots: int) -> None:
@@ -182,7 +277,112 @@ def check_output_dir(out: str, model: nn.Module, optimizer_slots: int) -> None:
         )
 
 
-# -------------------------------------------------------------------------------------- evaluate
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------- train and evaluate
+@dataclass
+class RunState:
+    """Where a run stands: epochs finished, optimiser steps taken, the best test top-1 so far and
+    the metrics line of every finished epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    augment,
+    cfg: TrainConfig,
+    epoch: int,
+    state: RunState,
+    *,
+    device: torch.device,
+    info: DistInfo | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``'s training batches (``state.step`` advances by each): lr of the step,
+    augmentation from a generator seeded by (seed, epoch, rank), forward, backward, optimiser step.
+
+    Returns the epoch's training metrics summed over the ranks (``lr`` of its last step,
+    ``train_loss``, ``train_top1``, ``images``, ``images_per_s``, ``epoch_time_s``).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or Inf (checked at each progress update and at the end).
+    """
+    info = info or DistInfo()
+    steps_per_epoch = len(loader)
+    progress = progress or Progress("none", epoch, cfg.epochs, steps_per_epoch, cfg.log_interval)
+    loader.set_epoch(epoch)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    seen = 0
+    lr = lr_at(cfg, state.step, steps_per_epoch)
+    for i, (images, labels) in enumerate(loader):
+        lr = lr_at(cfg, state.step, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = augment(images, generator=gen, train=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        for cb in callbacks:
+            loss = cb.on_loss(epoch, i, loss)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        state.step += 1
+        for cb in callbacks:
+            cb.on_step_end(epoch, i)
+        d = loss.detach()
+        nonfinite |= ~torch.isfinite(d)
+        loss_sum += d.double() * labels.numel()
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.numel()
+        if progress.wants_update(i + 1) or i + 1 == steps_per_epoch:
+            if bool(all_reduce_sum([float(nonfinite)], info, device)[0]):
+                _diverged(cfg, epoch, i, state)
+            progress.update(
+                i + 1,
+                loss_sum.item() / seen,
+                100.0 * correct.item() / seen,
+                seen * info.world_size / (time.perf_counter() - t0),
+                lr,
+            )
+    train_time = time.perf_counter() - t0
+    tl, tc, tn = all_reduce_sum([loss_sum.item(), correct.item(), float(seen)], info, device)
+    return {"lr": lr, "train_loss": tl / tn, "train_top1": 100.0 * tc / tn, "images": tn,
+            "images_per_s": tn / train_time, "epoch_time_s": train_time}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -222,329 +422,7 @@ def evaluate(
     }
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------- train
-@dataclass
-class _State:
-    epoch: int = 0  # epochs finished
-    step: int = 0  # optimiser steps taken
-    best_top1: float = -1.0
-    best_epoch: int = 0
-    history: list | None = None
-
-
-def train(cfg: TrainConfig, *, resume: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` (or continue the run in directory ``resume``) and return its summary.
-
-    Raises:
-        ConfigError: bad configuration, unusable output directory, missing data.
-        CheckpointError: ``resume`` has no readable checkpoint.
-        TrainingDiverged: the loss became NaN or Inf (the last good checkpoint stays in place).
-    """
-    from ..data import Augment, BatchLoader, load_data
-
-    state = _State(history=[])
-    ckpt = None
-    if resume is not None:
-        path = resume if os.path.isfile(resume) else os.path.join(resume, "last.pt")
-        if not os.path.exists(path):
-            raise CheckpointError(
-                f"--resume {resume!r}: no checkpoint {path!r} (a run directory holds last.pt)"
-            )
-        ckpt = _load_for_resume(path)
-        saved = TrainConfig(**ckpt["config"])
-        # only what does not change the result may differ from the saved run
-        for name in RUNTIME_FIELDS:
-            setattr(saved, name, getattr(cfg, name))
-        saved.out = os.path.dirname(os.path.abspath(path))
-        cfg = saved.validate()
-    if cfg.out is None:
-        raise ConfigError("an output directory is required (--out DIR)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-
-    device_type = (
-        "cuda"
-        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    info = init_distributed(device_type)
-    device = resolve_device(cfg.device, info)
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp fp16 needs a CUDA device (use amp bf16 on CPU)")
-    if cfg.batch_size % info.world_size:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is the global batch and must be divisible by the "
-            f"{info.world_size} ranks"
-        )
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    torch.manual_seed(cfg.seed)
-    if cfg.download and info.enabled and not info.is_main:
-        barrier(info)  # rank 0 downloads first
-        data = load_data(cfg.dataset, cfg.data_root, download=False, image_size=cfg.image_size)
-    else:
-        data = load_data(cfg.dataset, cfg.data_root, download=cfg.download, image_size=cfg.image_size)
-        if cfg.download and info.enabled:
-            barrier(info)
-    spec = data.spec
-    model = build_model(cfg, spec.num_classes, spec.in_chans).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-
-    if info.is_main:
-        check_output_dir(cfg.out, model, 2 if cfg.optimizer == "adamw" else 1)
-    barrier(info)
-
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint in {cfg.out!r} does not fit the model of its config: {str(exc).splitlines()[0]}"
-            ) from None
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = _State(
-            epoch=int(ckpt["epoch"]),
-            step=int(ckpt["scheduler"]["step"]),
-            best_top1=float(ckpt.get("best_top1", -1.0)),
-            best_epoch=int(ckpt.get("best_epoch", 0)),
-            history=list(ckpt.get("history", [])),
-        )
-        restore_rng(ckpt["rng"])
-
-    per_rank = cfg.batch_size // info.world_size
-
-    def loader(split, batch: int, train: bool) -> BatchLoader:
-        # training: every rank the same number of full batches; evaluation: each image once
-        return BatchLoader(
-            split,
-            batch,
-            shuffle=train,
-            drop_last=train,
-            seed=cfg.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-            device=device,
-            num_workers=cfg.num_workers,
-            pad_to_equal=train,
-        )
-
-    train_loader = loader(data.train, per_rank, train=True)
-    test_loader = loader(data.test, max(cfg.eval_batch_size // info.world_size, 1), train=False)
-    if len(train_loader) == 0:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images "
-            f"({cfg.dataset}); use a smaller --batch-size"
-        )
-    augment = Augment(spec, crop_padding=cfg.crop_padding, hflip=cfg.hflip).to(device)
-
-    run_model: nn.Module = model
-    if info.enabled:
-        run_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        run_model = torch.compile(run_model)
-
-    if info.is_main:
-        _save_config(cfg)
-        if ckpt is not None:  # the metrics file holds exactly the epochs of the checkpoint
-            write_text(
-                os.path.join(cfg.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state.history)
-            )
-    fault = _parse_fault()
-    steps_per_epoch = len(train_loader)
-    last_epoch = cfg.stop_after or cfg.epochs
-    n_params = sum(p.numel() for p in model.parameters())
-    show = info.is_main and not quiet
-    if show and state.epoch == 0:
-        print(
-            f"train {cfg.arch}{'+' + cfg.attn if cfg.attn else ''} on {cfg.dataset}: {n_params:,} params, "
-            f"{len(data.train)} train / {len(data.test)} test images, "
-            f"{cfg.epochs} epochs x {steps_per_epoch} "
-            f"steps, batch {cfg.batch_size}, {device}{f', {info.world_size} ranks' if info.enabled else ''}",
-            file=sys.stderr,
-        )
-    elif show:
-        print(f"resume {cfg.out} at epoch {state.epoch + 1}/{cfg.epochs}", file=sys.stderr)
-
-    started = time.perf_counter()
-    for epoch in range(state.epoch + 1, last_epoch + 1):
-        progress = Progress(
-            cfg.progress if show else "none", epoch, cfg.epochs, steps_per_epoch, cfg.log_interval
-        )
-        train_loader.set_epoch(epoch)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
-        run_model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        seen = 0
-        for i, (images, labels) in enumerate(train_loader):
-            lr = lr_at(cfg, state.step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = augment(images, generator=gen, train=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
-                logits = run_model(x)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-            if fault is not None and fault[1] == epoch and fault[2] == i:
-                if fault[0] == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                loss = loss * float("nan")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            state.step += 1
-            d = loss.detach()
-            nonfinite |= ~torch.isfinite(d)
-            loss_sum += d.double() * labels.numel()
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += labels.numel()
-            if progress.wants_update(i + 1) or i + 1 == steps_per_epoch:
-                if bool(all_reduce_sum([float(nonfinite)], info, device)[0]):
-                    _diverged(cfg, epoch, i, state)
-                progress.update(
-                    i + 1,
-                    loss_sum.item() / seen,
-                    100.0 * correct.item() / seen,
-                    seen * info.world_size / (time.perf_counter() - t0),
-                    lr,
-                )
-        train_time = time.perf_counter() - t0
-        tl, tc, tn = all_reduce_sum([loss_sum.item(), correct.item(), float(seen)], info, device)
-        test = evaluate(
-            run_model, test_loader, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, info=info
-        )
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": tl / tn,
-            "train_top1": 100.0 * tc / tn,
-            "test_loss": test["loss"],
-            "test_top1": test["top1"],
-            "test_top5": test["top5"],
-            "images_per_s": tn / train_time,
-            "epoch_time_s": train_time,
-            "steps": state.step,
-        }
-        if not math.isfinite(test["loss"]):
-            _diverged(cfg, epoch, steps_per_epoch - 1, state, what="test loss")
-        state.epoch = epoch
-        state.history.append(record)
-        is_best = test["top1"] > state.best_top1
-        if is_best:
-            state.best_top1, state.best_epoch = test["top1"], epoch
-        if info.is_main:
-            ckpt_state = {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"step": state.step, "steps_per_epoch": steps_per_epoch},
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": capture_rng(),
-                "config": cfg.to_dict(),
-                "metrics": record,
-                "history": state.history,
-                "best_top1": state.best_top1,
-                "best_epoch": state.best_epoch,
-            }
-            save_checkpoint(ckpt_state, os.path.join(cfg.out, "last.pt"))
-            if is_best:
-                save_checkpoint(ckpt_state, os.path.join(cfg.out, "best.pt"), keep_previous=False)
-            with open(os.path.join(cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        progress.close(record)
-        barrier(info)
-
-    digests = all_gather_objects(state_digest(model), info)
-    final = state.history[-1] if state.history else {}
-    summary = {
-        "arch": cfg.arch,
-        "attn": cfg.attn,
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "params": n_params,
-        "epochs": cfg.epochs,
-        "epochs_done": state.epoch,
-        "finished": state.epoch >= cfg.epochs,
-        "final_top1": final.get("test_top1"),
-        "final_top5": final.get("test_top5"),
-        "final_loss": final.get("test_loss"),
-        "best_top1": state.best_top1,
-        "best_epoch": state.best_epoch,
-        "train_time_s": sum(r["epoch_time_s"] for r in state.history),
-        "wall_time_s": time.perf_counter() - started,
-        "world_size": info.world_size,
-        "device": str(device),
-        "weight_digests": digests,
-        "ranks_in_sync": len(set(digests)) == 1,
-        "rank_metrics": all_gather_objects(final, info),
-    }
-    if info.is_main:
-        write_text(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    if info.enabled:
-        barrier(info)
-    return summary
-
-
-def _load_for_resume(path: str) -> dict[str, Any]:
-    """Load the checkpoint to resume from. A corrupt ``last.pt`` names the intact ``previous.pt`` to
-    resume from instead; resuming from another file of the run directory moves a corrupt
-    ``last.pt`` aside (``last.pt.corrupt``) so that it never replaces the good ``previous.pt``."""
-    directory, name = os.path.split(os.path.abspath(path))
-    previous = os.path.join(directory, "previous.pt")
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:
-        if name == "last.pt" and os.path.isfile(previous):
-            try:
-                epoch = load_checkpoint(previous)["epoch"]
-            except CheckpointError:
-                raise exc from None
-            raise CheckpointError(
-                f"{exc}; resume from the intact previous checkpoint (epoch {epoch}) with --resume {previous}"
-            ) from None
-        raise
-    last = os.path.join(directory, "last.pt")
-    if name != "last.pt" and os.path.isfile(last):
-        try:
-            load_checkpoint(last)
-        except CheckpointError:
-            os.replace(last, last + ".corrupt")
-    return ckpt
-
-
-def _diverged(cfg: TrainConfig, epoch: int, step: int, state: _State, what: str = "training loss") -> None:
+def _diverged(cfg: TrainConfig, epoch: int, step: int, state: RunState, what: str = "training loss") -> None:
     kept = (
         f"the last good checkpoint {os.path.join(cfg.out, 'last.pt')} (epoch {state.epoch}) is kept"
         if state.epoch
@@ -556,10 +434,276 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int, state: _State, what: str 
     )
 
 
-def _save_config(cfg: TrainConfig) -> None:
-    import yaml
+# ------------------------------------------------------------------------------------ checkpoints
+def checkpoint_state(cfg: TrainConfig, state: RunState, model: nn.Module, optimizer, scaler,
+                     steps_per_epoch: int) -> dict[str, Any]:
+    """What a checkpoint holds after ``state.epoch`` (see :mod:`.checkpoint`)."""
+    return {
+        "epoch": state.epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"step": state.step, "steps_per_epoch": steps_per_epoch},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": capture_rng(),
+        "config": cfg.to_dict(),
+        "metrics": state.history[-1],
+        "history": state.history,
+        "best_top1": state.best_top1,
+        "best_epoch": state.best_epoch,
+    }
 
+
+def save_epoch(out: str, ckpt: dict[str, Any], is_best: bool) -> None:
+    """``DIR/last.pt`` (the one before becomes ``previous.pt``), ``DIR/best.pt`` when the epoch is the
+    best so far, then ``DIR/metrics.jsonl`` with the checkpoint's epochs."""
+    save_checkpoint(ckpt, os.path.join(out, "last.pt"))
+    if is_best:
+        save_checkpoint(ckpt, os.path.join(out, "best.pt"), keep_previous=False)
+    write_metrics(out, ckpt["history"])
+
+
+def resume_state(ckpt: dict[str, Any], model: nn.Module, optimizer, scaler, out: str) -> RunState:
+    """Load a checkpoint's model, optimiser, grad scaler and RNG states; the run's state at its epoch."""
+    load_model_state(model, ckpt["model"], f"the checkpoint in {out!r}",
+                     "that is the model its own config builds now: was the model code changed since it was "
+                     "written?")
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"the optimiser state in the checkpoint in {out!r} does not fit the model of its config: "
+            f"{str(exc).splitlines()[0]}") from None
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    state = RunState(
+        epoch=int(ckpt["epoch"]),
+        step=int(ckpt["scheduler"]["step"]),
+        best_top1=float(ckpt.get("best_top1", -1.0)),
+        best_epoch=int(ckpt.get("best_epoch", 0)),
+        history=list(ckpt.get("history", [])),
+    )
+    restore_rng(ckpt["rng"])
+    return state
+
+
+def init_weights(model: nn.Module, cfg: TrainConfig) -> str:
+    """Load the model weights of ``cfg.init_from`` into ``model`` (fine-tuning); what they were."""
+    state, source = load_weights(cfg.init_from)
+    load_model_state(
+        model, state, f"--init-from {source}",
+        f"it needs weights of {cfg.arch} with {cfg.attn or 'no attention'}"
+        f"{' and ' + str(cfg.model_kwargs) if cfg.model_kwargs else ''} for {cfg.dataset}: start from a "
+        "checkpoint of the same --arch, --attn, --model-kwargs and number of classes")
+    return source
+
+
+def _save_config(cfg: TrainConfig) -> None:
+    yaml = require("yaml", "the run's config.yaml")
     write_text(os.path.join(cfg.out, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------ train
+def wrap_model(model: nn.Module, cfg: TrainConfig, info: DistInfo, device: torch.device) -> nn.Module:
+    """The module the loop calls: DistributedDataParallel under torchrun, torch.compile'd with
+    ``cfg.compile`` (the parameters stay ``model``'s)."""
+    run_model = model
+    if info.enabled:
+        run_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        run_model = torch.compile(run_model)
+    return run_model
+
+
+def _start_lines(cfg: TrainConfig, plan: RunPlan, state: RunState, data: Data, model: nn.Module,
+                 source: str | None, recipe_note: str | None, info: DistInfo,
+                 device: torch.device) -> list[str]:
+    """What a run prints before its first step: the model and data, the recipe in force and how it
+    was chosen, where the weights come from; or where a continued run resumes; and a busy machine."""
+    steps = len(data.train_loader)
+    lines = []
+    if plan.ckpt is None:
+        n_params = sum(p.numel() for p in model.parameters())
+        lines.append(
+            f"train {cfg.arch}{'+' + cfg.attn if cfg.attn else ''} on {cfg.dataset}: {n_params:,} params, "
+            f"{len(data.data.train)} train / {len(data.data.test)} test images, {cfg.epochs} "
+            f"epoch{'s' if cfg.epochs != 1 else ''} x "
+            f"{steps} steps, batch {cfg.batch_size}, {device}"
+            f"{f', {info.world_size} ranks' if info.enabled else ''}")
+        recipe = f"recipe {cfg.recipe}" if cfg.recipe else "no recipe"
+        lines.append(f"{recipe}{f' ({recipe_note})' if recipe_note else ''}: {describe_recipe(cfg)}")
+        if source:
+            lines.append(f"weights from {source}; a new optimiser, from epoch 1")
+    elif state.epoch >= (cfg.stop_after or cfg.epochs):
+        extend = f" (--epochs N > {cfg.epochs} with --resume extends it)" if state.epoch >= cfg.epochs else ""
+        lines.append(f"{cfg.out}: the run has done {state.epoch} of its {cfg.epochs} epochs; nothing to "
+                     f"train{extend}")
+    else:
+        change = _schedule_change(plan, state.step, steps) if plan.epochs_before else ""
+        lines.append(f"resume {cfg.out} at epoch {state.epoch + 1}/{cfg.epochs}{change}")
+    busy = _threads.busy_warning(_threads.usable_cores(), _threads.load_average())
+    if busy:
+        n = torch.get_num_threads()
+        lines.append(f"warning: {busy}; using {n} torch thread{'s' if n != 1 else ''}"
+                     f"{' per process' if info.enabled else ''}")
+    return lines
+
+
+def _schedule_change(plan: RunPlan, step: int, steps_per_epoch: int) -> str:
+    """What continuing with another ``epochs`` does to the learning rate."""
+    import dataclasses
+
+    cfg = plan.cfg
+    old = dataclasses.replace(cfg, epochs=plan.epochs_before)
+    now, before = lr_at(cfg, step, steps_per_epoch), lr_at(old, step, steps_per_epoch)
+    text = f"; the schedule now spans {cfg.epochs} epochs (it spanned {plan.epochs_before})"
+    if cfg.schedule == "cosine":
+        return text + f": the cosine is recomputed over them, lr {now:.4g} now ({before:.4g} on the old one)"
+    if cfg.schedule in ("multistep", "step"):
+        return text + f": {cfg.schedule} keeps its milestones in epochs, lr {now:.4g} now"
+    return text
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    epochs: int | None = None,
+    quiet: bool = False,
+    recipe_note: str | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``cfg.out`` (or continue a run) and return its summary.
+
+    Args:
+        cfg: the configuration (with ``resume=DIR`` only its runtime fields count).
+        resume: None: a new run (refused when ``cfg.out`` holds one, unless ``overwrite``);
+            ``"auto"``: continue the run in ``cfg.out`` when it has a ``last.pt``, else start;
+            a run directory or checkpoint file: continue that run with its saved configuration.
+        overwrite: start over in a directory that holds a run (its run files are deleted first).
+        epochs: a new length for a continued run's schedule (``"auto"`` takes ``cfg.epochs``).
+        quiet: print nothing (the progress display and the start lines).
+        recipe_note: how the recipe was chosen, shown in the start line (the command line's words).
+        callbacks: :class:`Callback` hooks, called in order (``CHANATTN_FAULT`` adds its own).
+
+    Raises:
+        ConfigError: bad configuration, a run directory that holds another run, unusable output
+            directory, missing data.
+        CheckpointError: ``resume`` or ``init_from`` has no readable or fitting checkpoint.
+        TrainingDiverged: the loss became NaN or Inf (the last good checkpoint stays in place).
+    """
+    plan = plan_run(cfg, resume=resume, overwrite=overwrite, epochs=epochs)
+    cfg = plan.cfg
+    fault = FaultInjection.from_env()
+    callbacks = [*callbacks, *([fault] if fault else [])]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info, device = setup_device(cfg)
+
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg, info, device)
+    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans, data.spec.image_size).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    if info.is_main:
+        if plan.clear:
+            clear_run(cfg.out)
+        check_output_dir(cfg.out, model, 2 if cfg.optimizer == "adamw" else 1)
+    barrier(info)
+
+    source = None
+    if plan.ckpt is not None:
+        state = resume_state(plan.ckpt, model, optimizer, scaler, cfg.out)
+    else:
+        state = RunState()
+        source = init_weights(model, cfg) if cfg.init_from else None
+    run_model = wrap_model(model, cfg, info, device)
+    if info.is_main:
+        _save_config(cfg)
+        if plan.ckpt is not None:  # the metrics file holds exactly the epochs of the checkpoint
+            write_metrics(cfg.out, state.history)
+    steps_per_epoch = len(data.train_loader)
+    last_epoch = cfg.stop_after or cfg.epochs
+    show = info.is_main and not quiet
+    if show:
+        for line in _start_lines(cfg, plan, state, data, model, source, recipe_note, info, device):
+            print(line, file=sys.stderr)
+
+    started = time.perf_counter()
+    for epoch in range(state.epoch + 1, last_epoch + 1):
+        progress = Progress(
+            cfg.progress if show else "none", epoch, cfg.epochs, steps_per_epoch, cfg.log_interval
+        )
+        stats = train_one_epoch(run_model, optimizer, data.train_loader, data.augment, cfg, epoch, state,
+                                device=device, info=info, scaler=scaler, callbacks=callbacks,
+                                progress=progress)
+        test = evaluate(run_model, data.test_loader, data.augment, device, amp=cfg.amp,
+                        channels_last=cfg.channels_last, info=info)
+        record = {
+            "epoch": epoch,
+            "lr": stats["lr"],
+            "train_loss": stats["train_loss"],
+            "train_top1": stats["train_top1"],
+            "test_loss": test["loss"],
+            "test_top1": test["top1"],
+            "test_top5": test["top5"],
+            "images_per_s": stats["images_per_s"],
+            "epoch_time_s": stats["epoch_time_s"],
+            "steps": state.step,
+        }
+        if not math.isfinite(test["loss"]):
+            _diverged(cfg, epoch, steps_per_epoch - 1, state, what="test loss")
+        state.epoch = epoch
+        state.history.append(record)
+        is_best = test["top1"] > state.best_top1
+        if is_best:
+            state.best_top1, state.best_epoch = test["top1"], epoch
+        if info.is_main:
+            ckpt = checkpoint_state(cfg, state, model, optimizer, scaler, steps_per_epoch)
+            save_epoch(cfg.out, ckpt, is_best)
+        progress.close(record)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, record)
+        barrier(info)
+
+    summary = _summary(cfg, state, model, info, device, time.perf_counter() - started)
+    if info.is_main:
+        write_text(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    if info.enabled:
+        barrier(info)
+    return summary
+
+
+def _summary(cfg: TrainConfig, state: RunState, model: nn.Module, info: DistInfo, device: torch.device,
+             wall_time: float) -> dict[str, Any]:
+    digests = all_gather_objects(state_digest(model), info)
+    final = state.history[-1] if state.history else {}
+    return {
+        "arch": cfg.arch,
+        "attn": cfg.attn,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "epochs": cfg.epochs,
+        "epochs_done": state.epoch,
+        "finished": state.epoch >= cfg.epochs,
+        "final_top1": final.get("test_top1"),
+        "final_top5": final.get("test_top5"),
+        "final_loss": final.get("test_loss"),
+        "best_top1": state.best_top1,
+        "best_epoch": state.best_epoch,
+        "train_time_s": sum(r["epoch_time_s"] for r in state.history),
+        "wall_time_s": wall_time,
+        "world_size": info.world_size,
+        "device": str(device),
+        "weight_digests": digests,
+        "ranks_in_sync": len(set(digests)) == 1,
+        "rank_metrics": all_gather_objects(final, info),
+    }
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -594,14 +738,13 @@ def evaluate_checkpoint(
         download=download,
         image_size=cfg.image_size,
     )
-    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path!r} ({cfg.arch}, {cfg.attn or 'no attention'}, trained on "
-            f"{cfg.dataset}) does not fit data set {ds!r}: {str(exc).splitlines()[0]}"
-        ) from None
+    model = build_model(cfg, data.spec.num_classes, data.spec.in_chans, data.spec.image_size)
+    load_model_state(
+        model, ckpt["model"],
+        f"checkpoint {path!r} ({cfg.arch}, {cfg.attn or 'no attention'}, trained on {cfg.dataset})",
+        f"the model for data set {ds!r} has {data.spec.num_classes} classes and {data.spec.in_chans} "
+        f"input channels: evaluate it on {cfg.dataset!r}" if ds != cfg.dataset else
+        "the model code changed since it was written?")
     dev = resolve_device(device)
     model.to(dev)
     loader = BatchLoader(
