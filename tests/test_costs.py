@@ -85,3 +85,42 @@ def test_models_count_their_attention_modules():
             hk.remove()
         attention = sum(chanattn.count_macs(mod, inputs=t) for mod, t in inputs)
         assert attention > 0 and total == base + attention, arch
+
+
+def _module_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """FLOPs per module path (the counter's names, the root's class name first)."""
+    with torch.no_grad(), chanattn.fast_paths(False), FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    return {name.split(".", 1)[1] if "." in name else "": sum(ops.values())
+            for name, ops in counter.get_flop_counts().items() if name != "Global"}
+
+
+@pytest.mark.parametrize("name", ALL_MODULES)
+def test_model_counts_every_module(name):
+    """Every module in a model (ResNet-8 at 32 x 32, the module's paper placement): the model's count
+    is the backbone's, less the layers a module replaces (sk, splat: the 3x3 convolution at the same
+    path), plus each attention module's count_macs at the input it receives there."""
+    size = 32
+    torch.manual_seed(0)
+    plain = chanattn.create_model("resnet8")
+    model = chanattn.create_model("resnet8", attn=name)
+    x = torch.randn(1, 3, size, size)
+    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
+    paths = {mod: path for path, mod in model.named_modules()}
+    outer = [mod for mod in model.modules() if isinstance(mod, chanattn.AttentionModule)
+             and not any(isinstance(p, chanattn.AttentionModule) and p is not mod
+                         and any(q is mod for q in p.modules()) for p in model.modules())]
+    assert outer, f"{name}: no module in the model"
+    hooks = [mod.register_forward_pre_hook(lambda mod, args: seen.append((paths[mod], mod, args[0])))
+             for mod in outer]
+    with torch.no_grad():
+        model.eval()(x)
+    for hk in hooks:
+        hk.remove()
+    attention = sum(chanattn.count_macs(mod, inputs=t) for _, mod, t in seen)
+    plain_flops = _module_flops(plain, x)
+    replaced = sum(plain_flops.get(path, 0) for path, _, _ in seen) // 2
+    total = chanattn.count_macs(model, (1, 3, size, size))
+    assert total == chanattn.count_macs(plain, (1, 3, size, size)) - replaced + attention, name
+    if any(isinstance(layer, COUNTED_LAYERS) for mod in outer for layer in mod.modules()):
+        assert attention > 0, f"{name} has layers with multiply-adds but counts 0 in a model"

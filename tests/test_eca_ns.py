@@ -75,3 +75,9 @@ def test_k_times_c_parameters_in_resnet50():
     base = count_params(chanattn.create_model("resnet50"))
     widths = [c for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048)) for _ in range(n)]
     assert count_params(chanattn.create_model("resnet50", attn="eca_ns")) - base == sum(3 * c for c in widths)
+
+
+def test_count_macs_is_k_per_channel():
+    # Eq. (7): k multiply-adds per channel and sample (the k x C weights of Table 2, each used once)
+    m = EfficientChannelAttentionNS(24, kernel_size=5).eval()
+    assert chanattn.count_macs(m, inputs=torch.randn(3, 24, 4, 6)) == 3 * 24 * 5
