@@ -18,7 +18,7 @@ import torch
 
 import chanattn
 from chanattn.fast import explain, fast_paths, implementations
-from conftest import assert_matches_reference, randomise_norms
+from conftest import ALL_MODULES, assert_matches_reference, channels_for, min_size, randomise_norms
 
 IMPLS = {impl.name: impl for impl in implementations()}
 # (B, H, W) at C = 32: odd sizes, H * W a multiple of 32 (the windowed max), a 1 x 1 map; the batch
@@ -150,6 +150,40 @@ def test_fast_implementation_equals_the_formula(impl_name, dtype):
                         _check(impl, name, kwargs, shape, dtype, layout, train, grad)
                         checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("name", ALL_MODULES)
+def test_every_module_runs_its_formula_or_a_checked_implementation(name):
+    """Every registered module, in train and eval mode, with and without autograd: a call takes
+    either the formula (then it is the formula: equal bit for bit to the call under
+    ``fast_paths(False)``) or an implementation registered for its class, which
+    test_fast_implementation_equals_the_formula checks on this name (``_cases``)."""
+    info = chanattn.module_info(name)
+    own = implementations(info.cls)
+    for impl in own:
+        assert name in [n for n, _ in _cases(impl)], f"{name}: {impl.name} is not checked on it"
+    c, side = channels_for(name, CHANNELS), max(min_size(name), 7)
+    torch.manual_seed(3)
+    m = chanattn.create(name, c)
+    randomise_norms(m)
+    x = torch.randn(2, c, side, side + 1)
+    for train in (True, False):
+        for grad in (True, False):
+            m.train(train)
+            with torch.set_grad_enabled(grad):
+                chosen = explain(m, x).chosen
+                if chosen != "formula":
+                    assert IMPLS.get(chosen) in own, f"{name}: the call takes {chosen}, not its own"
+                    continue
+                a, b = copy.deepcopy(m), copy.deepcopy(m)
+                torch.manual_seed(4)  # the same dropout masks (bat)
+                y = a(x)
+                torch.manual_seed(4)
+                with fast_paths(False):
+                    ref = b(x)
+            assert torch.equal(y, ref), f"{name} ({'train' if train else 'eval'}): not the formula"
+    if not own:  # no fast implementation: every call is the formula
+        assert explain(m.eval(), x).chosen == "formula"
 
 
 def test_every_implementation_has_a_case_and_a_purpose():

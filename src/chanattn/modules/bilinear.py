@@ -5,8 +5,6 @@ attention (Bi-attention) block with its attention-in-attention (AiA) mechanism."
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -16,14 +14,6 @@ from ..registry import register
 __all__ = ["BilinearAttention"]
 
 _PAPER = "Bilinear Attention Networks for Person Retrieval (ICCV 2019)"
-
-
-@functools.lru_cache(maxsize=64)
-def _upper_triangle(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of torch.triu_indices(n, n) on ``device``: constants, not buffers, so that a
-    module built on the meta device and materialised with ``to_empty`` keeps them."""
-    rows, cols = torch.triu_indices(n, n, device=device)
-    return rows, cols
 
 
 @register("bilinear", title="Bilinear attention (attention-in-attention)", paper=_PAPER, year=2019,
@@ -94,16 +84,29 @@ class BilinearAttention(AttentionModule):
         self.outer = nn.Sequential(nn.Conv2d(d, channels, 1, bias=False), nn.BatchNorm2d(channels),
                                    create_act(act_layer, owner=owner))
         self.gate = create_act(gate_layer, owner=owner)
+        # The upper triangle of the rd x rd pair matrix, with the diagonal: row and column indices
+        # (D,) each. Buffers, so that they follow the module's device and torch.compile sees
+        # tensors it can guard on; not persistent (no state dict key: computed from rd_channels).
+        rows, cols = torch.triu_indices(rd, rd)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
 
-    @property
-    def rows(self) -> torch.Tensor:
-        """Row indices of the upper triangle of the rd x rd pair matrix (with the diagonal)."""
-        return _upper_triangle(self.rd_channels, self.embed[0].weight.device)[0]
+    def init_non_persistent_buffers(self) -> None:
+        """(Re)computes :attr:`rows` and :attr:`cols` in place on their device (timm's name for this
+        hook: ``timm.models.reinit_non_persistent_buffers`` calls it)."""
+        with torch.no_grad():
+            rows, cols = torch.triu_indices(self.rd_channels, self.rd_channels, device=self.rows.device)
+            self.rows.copy_(rows)
+            self.cols.copy_(cols)
 
-    @property
-    def cols(self) -> torch.Tensor:
-        """Column indices of the upper triangle, paired with :attr:`rows`."""
-        return _upper_triangle(self.rd_channels, self.embed[0].weight.device)[1]
+    def _apply(self, fn, recurse=True):
+        # ``to_empty`` (materialising a module built on the meta device) leaves buffers
+        # uninitialised, and the indices are in no state dict: they are recomputed after every
+        # move, in place (a cheap (2, D) computation; ``.to()``, ``.cuda()`` and ``share_memory()``
+        # keep them as they are anyway).
+        super()._apply(fn, recurse)
+        self.init_non_persistent_buffers()
+        return self
 
     def bilinear_features(self, x: torch.Tensor) -> torch.Tensor:
         """x~: the upper triangle of phi(x) phi(x)^T at each position, (B, D, H, W)."""
