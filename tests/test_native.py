@@ -18,6 +18,7 @@ import torch
 
 import chanattn
 from chanattn.fast import explain, implementations, native
+from chanattn.modules.cbam import CBAM
 from conftest import formula
 
 HAVE_TOOLS = shutil.which(os.environ.get("CXX", "c++")) is not None and shutil.which("ninja") is not None
@@ -147,6 +148,33 @@ def test_kernel_declines_what_it_does_not_compute_and_says_why():
     assert "autograd records" in str(explain(m, x))
     m(x).sum().backward()
     assert x.grad is not None and m.channel.fc1.weight.grad is not None
+
+
+@needs_tools
+def test_count_macs_sees_what_cbam_computes():
+    """ResNet + CBAM counts the MLP and the 7x7 convolution (issue 14: the old ctypes kernel ran
+    outside the dispatcher, so a FLOP counter around it counted ResNet + CBAM as ResNet): per CBAM of
+    C channels on an H x W map, 2 poolings x (C x C/16 + C/16 x C) + 2 x 49 x H x W multiply-adds,
+    the same whether the operator runs (its FLOP formula) or the formula (count_macs). At 224 x 224
+    this is ResNet-50 + CBAM's 4.0956 G, 6.39 M over ResNet-50 (checked once by hand, not here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    base = chanattn.create_model("resnet18", num_classes=10)
+    model = chanattn.create_model("resnet18", attn="cbam", num_classes=10).eval()
+    added = sum(n * (2 * 2 * c * (c // 16) + 2 * 49 * h * h)
+                for c, h, n in ((64, 16, 2), (128, 8, 2), (256, 4, 2), (512, 2, 2)))  # at 64 x 64
+    size = (1, 3, 64, 64)
+    macs = chanattn.count_macs(model, size)
+    assert macs - chanattn.count_macs(base, size) == added
+    # a counter around the model with the fast paths on: every CBAM runs the operator, counted the same
+    x = torch.randn(size)
+    cbams = [mod for mod in model.modules() if isinstance(mod, CBAM)]
+    with torch.no_grad():
+        assert len(cbams) == 8
+        assert all(explain(mod, torch.randn(1, mod.channels, 2, 2)).chosen == "cbam.native" for mod in cbams)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    assert counter.get_total_flops() == 2 * macs
 
 
 @needs_tools

@@ -14,6 +14,10 @@ PyTorch paths that read the input fewer times or save less for training.
 - ``cbam.saves_less``: training through two autograd Functions that save x, the channel gate, the
   (B, 2, H, W) pooled map and the spatial gate, not y = x * channel_gate: about 1x the input where
   the formula keeps 2x.
+
+Every path pools [mean_C; max_C]; with the spatial stage's ``pool_order="max_mean"`` (the official
+code's [max_C; mean_C]) the PyTorch paths swap the pooled map's two channels before the convolution,
+and the operator gets the convolution's weight with its two input channels swapped.
 """
 
 from __future__ import annotations
@@ -54,9 +58,12 @@ def _channel_factor(m: CBAMChannelAttention, x: torch.Tensor) -> torch.Tensor:
 
 
 def _spatial_excite(m: CBAMSpatialAttention, pooled: torch.Tensor) -> torch.Tensor:
-    """The spatial factor (B, 1, H, W) from [mean_C; max_C], (B, 2, H, W)."""
+    """The spatial factor (B, 1, H, W) from [mean_C; max_C], (B, 2, H, W), in that order whatever
+    ``pool_order`` (the two channels swapped here for ``"max_mean"``, as the formula stacks them)."""
     if m.norm:
         m._require_batch_stats(pooled.shape[0] * pooled.shape[2] * pooled.shape[3])
+    if m.pool_order == "max_mean":
+        pooled = pooled.flip(1)  # [max_C; mean_C]
     return m.gate(m.bn(conv2d_few_channels(m.conv, pooled)))
 
 
@@ -134,6 +141,13 @@ def _bn(m: CBAMSpatialAttention) -> nn.Module | None:
     return m.bn if m.norm else None
 
 
+def _conv_weight(m: CBAMSpatialAttention) -> torch.Tensor:
+    """The 2 -> 1 convolution's weight (1, 2, K, K) for the operator, which pools [mean_C; max_C]:
+    with ``pool_order="max_mean"`` its two input channels swapped (a contiguous copy)."""
+    weight = m.conv.weight
+    return weight.flip(1) if m.pool_order == "max_mean" else weight
+
+
 def _channel_native(m: CBAMChannelAttention, x: torch.Tensor) -> torch.Tensor:
     m._check_input(x)
     return native.cbam_forward(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias)
@@ -141,14 +155,14 @@ def _channel_native(m: CBAMChannelAttention, x: torch.Tensor) -> torch.Tensor:
 
 def _spatial_native(m: CBAMSpatialAttention, x: torch.Tensor) -> torch.Tensor:
     m._check_input(x)
-    return native.cbam_forward(x, conv_weight=m.conv.weight, bn=_bn(m))
+    return native.cbam_forward(x, conv_weight=_conv_weight(m), bn=_bn(m))
 
 
 def _cbam_native(m: CBAM, x: torch.Tensor) -> torch.Tensor:
     m._check_input(x)
     ch, sp = m.channel, m.spatial
     return native.cbam_forward(x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias,
-                               sp.conv.weight, _bn(sp))
+                               _conv_weight(sp), _bn(sp))
 
 
 def _native_why() -> str:
@@ -162,15 +176,16 @@ _SUMMARY = "C++ operator chanattn::cbam_forward, sample by sample while in cache
 
 register(FastPath("cbam.native", CBAM, _cbam_native, summary=_SUMMARY, configured=_cbam_native_config,
                   module_mode="eval",
-                  examples=(("cbam", {"kernel_size": 3, "norm": False, "bias": False}),), **_NATIVE))
+                  examples=(("cbam", {"kernel_size": 3, "norm": False, "bias": False}),
+                            ("cbam", {"pool_order": "max_mean"})), **_NATIVE))
 register(FastPath(
     "cbam.pytorch", CBAM, _cbam, purpose="speed", autograd=False,
     summary="poolings chunk by chunk while in cache, x * channel gate written once and scaled in place",
-    examples=(("cbam", {"norm": False, "bias": False}),)))
+    examples=(("cbam", {"norm": False, "bias": False}), ("cbam", {"pool_order": "max_mean"}))))
 register(FastPath(
     "cbam.saves_less", CBAM, _cbam, purpose="memory", autograd=True,
     summary="two autograd Functions that save x and the gates, not x * channel gate",
-    examples=(("cbam", {"norm": False, "bias": False}),)))
+    examples=(("cbam", {"norm": False, "bias": False}), ("cbam", {"pool_order": "max_mean"}))))
 register(FastPath("cbam_channel.native", CBAMChannelAttention, _channel_native, summary=_SUMMARY,
                   configured=_channel_native_config, **_NATIVE))
 register(FastPath(
@@ -178,9 +193,10 @@ register(FastPath(
     summary="both poolings in one pass while in cache, the MLP once on both as matrix products"))
 register(FastPath("cbam_spatial.native", CBAMSpatialAttention, _spatial_native, summary=_SUMMARY,
                   configured=_spatial_native_config, module_mode="eval",
-                  examples=(("cbam_spatial", {"norm": False}),),
+                  examples=(("cbam_spatial", {"norm": False}), ("cbam_spatial", {"pool_order": "max_mean"})),
                   **_NATIVE))
 register(FastPath(
     "cbam_spatial.pytorch", CBAMSpatialAttention, _spatial, purpose="speed", autograd=None,
     summary="mean and max over C in one pass while in cache, the 2 -> 1 convolution with the batch "
-            "folded into channels"))
+            "folded into channels",
+    examples=(("cbam_spatial", {"pool_order": "max_mean"}),)))

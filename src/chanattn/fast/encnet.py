@@ -1,15 +1,18 @@
 """EncNet's Context Encoding module in training: about 3.1 input sizes saved at C = 64, K = 32 (x,
-the ReLU's output, the (B, N, K) distances and assignments), where the formula keeps 6.1. Three
-changes, the values, gradients and running statistics those of the formula, bit for bit on CPU:
+the ReLU's output, the (B, N, K) distances and assignments), where the formula keeps 8.1 (2 x 64 x
+28 x 28, tests/conftest.saved_multiple). Three changes, the values, gradients and running statistics
+those of the formula, bit for bit on CPU:
 
 - the first conv-BN-ReLU is one autograd Function (:func:`chanattn.fast.recompute.conv_bn_relu`)
   that saves x, its output (which the Encoding layer keeps anyway) and BN's statistics, and
   recomputes the 1x1 convolution in the backward rather than keeping its output (about a tenth of a
   training step on CPU, one thread, C = 64 and 256);
-- the Encoding layer does not keep a copy of its input: ``x @ d.t()`` on the (B, N, D) transposed
-  view of a contiguous map folds it into a (B*N, D) matrix, a copy that autograd keeps for the
-  codewords' gradient (one input size); :class:`_FoldedProducts` runs the same product and folds x
-  again in the backward;
+- the Encoding layer does not keep copies of its input: its formula centres x on the codewords'
+  mean m (:class:`~chanattn.modules.encnet.Encoding`: a new (B, N, D) tensor, twice: once for the
+  distances, once for the aggregation), and ``xc @ dc.t()`` on the (B, N, D) transposed view of a
+  contiguous map folds xc into a (B*N, D) matrix, copies that autograd keeps (the layer alone: 4.0
+  input sizes saved, 2.0 here); two Functions (:class:`_CentredDistances`,
+  :class:`_CentredAggregate`) compute the same from x as given and centre it again in the backward;
 - the final relu(x * (1 + gamma)) is a Function (:class:`_GatedReLU`) that saves x and gamma, not
   its output.
 
@@ -25,21 +28,16 @@ from .recompute import conv_bn_relu, conv_bn_relu_applies
 from .registry import FastPath, register
 
 
-def _assignments(enc: Encoding, x: torch.Tensor) -> torch.Tensor:
-    """:meth:`Encoding.assignments` with x_i.d_k by :class:`_FoldedProducts`."""
-    d = enc.codewords
-    sq = (x * x).sum(-1, keepdim=True)
-    dist = sq - 2 * _FoldedProducts.apply(x, d) + (d * d).sum(-1)
-    return torch.softmax(-enc.smoothing * dist, dim=-1)
-
-
 def _encoding(enc: Encoding, x: torch.Tensor) -> torch.Tensor:
-    """:meth:`Encoding.forward` without keeping a folded copy of x."""
+    """:meth:`Encoding.forward` keeping x, not its centred and folded copies."""
     enc._check(x)
     b = x.shape[0]
     x = x.reshape(b, enc.channels, -1).transpose(1, 2)  # (B, N, D)
-    a = _assignments(enc, x)  # (B, N, K)
-    return a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * enc.codewords  # (B, K, D)
+    m, dc = enc.centre()
+    dist = _CentredDistances.apply(x, m, dc) + (dc * dc).sum(-1)  # (B, N, K)
+    a = torch.softmax(-enc.smoothing * dist, dim=-1)
+    # e_k = sum_i a_ik (x_i - m) - (sum_i a_ik) (d_k - m)
+    return _CentredAggregate.apply(a, x, m) - a.sum(1).unsqueeze(-1) * dc  # (B, K, D)
 
 
 def _encnet(m: ContextEncoding, x: torch.Tensor) -> torch.Tensor:
@@ -56,16 +54,19 @@ def _encnet(m: ContextEncoding, x: torch.Tensor) -> torch.Tensor:
     return _GatedReLU.apply(x, gamma) if m.final_relu else x * (1 + gamma)
 
 
-class _FoldedProducts(torch.autograd.Function):
-    """x @ d.t() for x (B, N, D), d (K, D), as ``torch.matmul`` computes it (x folded into a
-    (B*N, D) matrix, one ``mm``), saving x as given (a view) and d rather than the folded copy of
-    a non-contiguous x: the backward folds it again and runs ``mm``'s backward as autograd does
-    (the same products, so the same gradients, bit for bit)."""
+class _CentredDistances(torch.autograd.Function):
+    """||xc_i||^2 - 2 xc_i.dc_k, (B, N, K), for xc = x - m (x (B, N, D), m (D,), dc (K, D)), as the
+    formula computes it (``xc @ dc.t()`` folds xc into a (B*N, D) matrix, one ``mm``), saving x as
+    given (a view), m and dc rather than the centred x and its folded copy: the backward centres x
+    again and runs the plain ops' backward formulas in autograd's order (the same gradients, bit for
+    bit). m is a constant (no gradient)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
         b, n, dim = x.shape
-        return torch.mm(x.reshape(b * n, dim), d.t()).view(b, n, d.shape[0])
+        xc = x - m
+        p = torch.mm(xc.reshape(b * n, dim), dc.t()).view(b, n, dc.shape[0])
+        return (xc * xc).sum(-1, keepdim=True) - 2 * p
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -74,13 +75,42 @@ class _FoldedProducts(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
-        x, d = ctx.saved_tensors
+        x, m, dc = ctx.saved_tensors
         b, n, dim = x.shape
-        g = g.reshape(b * n, d.shape[0])
-        gx = g.mm(d).view(b, n, dim) if ctx.needs_input_grad[0] else None
-        # autograd's mm backward for the column-major d.t(): (g^T x)^T, transposed back for d
-        gd = g.t().mm(x.reshape(b * n, dim)) if ctx.needs_input_grad[1] else None
-        return gx, gd
+        xc = x - m
+        gp = (-g * 2).reshape(b * n, dc.shape[0])  # of the products (sub, then the scalar mul)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            # autograd's order: the product's gradient first, then the square's two factors
+            gsq = g.sum(-1, keepdim=True).expand(x.shape) * xc
+            gx = gp.mm(dc).view(b, n, dim) + gsq + gsq
+        # autograd's mm backward for the column-major dc.t(): (g^T xc)^T, transposed back for dc
+        gdc = gp.t().mm(xc.reshape(b * n, dim)) if ctx.needs_input_grad[2] else None
+        return gx, None, gdc
+
+
+class _CentredAggregate(torch.autograd.Function):
+    """sum_i a_ik (x_i - m), (B, K, D), for a (B, N, K), x (B, N, D), as the formula's
+    ``a.transpose(1, 2) @ (x - m)``, saving a, x (as given) and m rather than the centred x: the
+    backward centres x again and runs ``bmm``'s backward (the same gradients, bit for bit). m is a
+    constant (no gradient)."""
+
+    @staticmethod
+    def forward(a: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a.transpose(1, 2), x - m)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        a, x, m = ctx.saved_tensors
+        # bmm's backward: (a^T)' = g xc^T, transposed back for a; xc' = (a^T)^T g = a g
+        ga = g.bmm((x - m).transpose(1, 2)).transpose(1, 2) if ctx.needs_input_grad[0] else None
+        gx = a.bmm(g) if ctx.needs_input_grad[1] else None
+        return ga, gx, None
 
 
 class _GatedReLU(torch.autograd.Function):

@@ -24,9 +24,15 @@ class Encoding(nn.Module):
     smoothing factors s_k, and the assignment-weighted residuals are summed per codeword. Maps
     (B, D, H, W) to (B, K, D).
 
-    The residuals are never materialised as a (B, N, K, D) tensor: ||x_i - d_k||^2 is expanded
-    into ||x_i||^2 - 2 x_i.d_k + ||d_k||^2 and e_k = sum_i a_ik x_i - (sum_i a_ik) d_k, which is
-    the same map in O(B N K + B K D) memory.
+    The residuals are never materialised as a (B, N, K, D) tensor. x and the codewords are first
+    centred on the codewords' mean m (xc_i = x_i - m, dc_k = d_k - m: the same differences, so the
+    same map; m is a constant, the map's gradient through it being exactly zero); then
+    ||x_i - d_k||^2 is expanded into ||xc_i||^2 - 2 xc_i.dc_k + ||dc_k||^2 and
+    e_k = sum_i a_ik xc_i - (sum_i a_ik) dc_k, the same map in O(B N K + B K D) memory. The
+    centring is this implementation's (the official code expands x and d as they are): uncentred,
+    the expansion subtracts numbers of size ||x||^2 to get one of size ||x - d||^2, and in float32
+    the output's relative error was 1.6e-4 at features and codewords around 10, 1.4e-3 around 30
+    (spread by 0.1; measured against float64); centred it is about 1e-7 at any offset, as near 0.
 
     Initialisation as in the official code: d_k ~ U(-1/sqrt(KD), 1/sqrt(KD)). The official code
     stores ``scale`` = -s_k ~ U(-1, 0) and takes softmax(scale * dist); here the parameter is the
@@ -52,13 +58,21 @@ class Encoding(nn.Module):
         nn.init.uniform_(self.codewords, -bound, bound)
         nn.init.uniform_(self.smoothing, 0.0, 1.0)
 
+    def centre(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, d - m): the codewords' mean (D,), a constant (no gradient), and the centred
+        codewords (K, D)."""
+        m = self.codewords.detach().mean(0)
+        return m, self.codewords - m
+
     def assignments(self, x: torch.Tensor) -> torch.Tensor:
         """The soft assignments a_ik, (B, N, K), of the features of ``x`` (B, N, D)."""
-        d = self.codewords
-        # ||x_i - d_k||^2 = ||x_i||^2 - 2 x_i.d_k + ||d_k||^2 (B, N, K), the terms in this order
-        # (autograd sums the gradients of x's uses in the order of the operations)
-        sq = (x * x).sum(-1, keepdim=True)
-        dist = sq - 2 * (x @ d.t()) + (d * d).sum(-1)
+        return self._assign(x, *self.centre())
+
+    def _assign(self, x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+        xc = x - m  # (B, N, D)
+        # ||x_i - d_k||^2 = ||xc_i||^2 - 2 xc_i.dc_k + ||dc_k||^2 (B, N, K), the terms in this order
+        # (autograd sums the gradients of xc's uses in the order of the operations)
+        dist = ((xc * xc).sum(-1, keepdim=True) - 2 * (xc @ dc.t())) + (dc * dc).sum(-1)
         return torch.softmax(-self.smoothing * dist, dim=-1)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -72,9 +86,12 @@ class Encoding(nn.Module):
         self._check(x)
         b = x.shape[0]
         x = x.reshape(b, self.channels, -1).transpose(1, 2)  # (B, N, D)
-        a = self.assignments(x)  # (B, N, K)
-        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik x_i - (sum_i a_ik) d_k
-        return a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * self.codewords  # (B, K, D)
+        m, dc = self.centre()
+        a = self._assign(x, m, dc)  # (B, N, K)
+        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik (x_i - m) - (sum_i a_ik) (d_k - m); x - m
+        # centred again here, so that x's gradient is the sum of two terms (the distances' and
+        # this product's), as in chanattn.fast.encnet's Functions
+        return a.transpose(1, 2) @ (x - m) - a.sum(1).unsqueeze(-1) * dc  # (B, K, D)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_codes={self.num_codes}"
