@@ -29,7 +29,8 @@ from .config import RUNTIME_FIELDS, TrainConfig
 __all__ = ["RUN_FILES", "RunPlan", "clear_run", "load_for_resume", "plan_run", "run_files", "write_metrics"]
 
 #: The files a run writes into its directory.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "previous.pt", "best.pt",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "last.pt", "previous.pt",
+             "best.pt",
              "last.pt.corrupt")
 _CHECKPOINTS = ("last.pt", "previous.pt", "best.pt", "last.pt.corrupt")
 #: Settings that may differ between a run and its continuation besides the runtime fields:
@@ -61,7 +62,11 @@ def run_files(out: str) -> list[str]:
 
 
 def clear_run(out: str) -> None:
-    """Delete a run's files from ``out`` (and the writer's leftover temporary files); other files stay."""
+    """Delete a run's files from ``out`` (the writer's leftover temporary files, the TensorBoard event
+    files in ``out/tensorboard/``); other files stay."""
+    for event in glob.glob(os.path.join(glob.escape(out), "tensorboard", "events.out.tfevents.*")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(event)
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(out, name))
@@ -171,7 +176,7 @@ def plan_run(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = F
                     f"one with --resume {os.path.join(out, others[0])}, or start over with --overwrite")
             return RunPlan(cfg, None, bool(files))  # stopped before its first epoch ended: start again
         ckpt = load_for_resume(last)
-        saved = ckpt["config"]
+        saved = TrainConfig(**ckpt["config"]).to_dict()  # fields added since it was written: defaults
         given = cfg.to_dict()
         changed = [k for k in given if k not in _MAY_CHANGE and saved.get(k) != given[k]]
         if changed:
