@@ -52,8 +52,9 @@ class Progress:
         self._tqdm = None
         tqdm = _tqdm_class() if mode == "bar" and _is_terminal(self.stream) else None
         if tqdm is not None:
+            # redrawn at every update(), which wants_update() already spaces 0.2 s apart
             self._tqdm = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", file=self.stream, leave=False,
-                              unit="step", dynamic_ncols=True, mininterval=0.2)
+                              unit="step", dynamic_ncols=True, mininterval=0, miniters=1)
             self._done = 0
 
     def wants_update(self, step: int) -> bool:

@@ -8,6 +8,7 @@ already holds one. A run is never overwritten silently:
   continue from ``DIR/last.pt`` when it exists, start otherwise; the saved settings must equal the
   given ones (all but the runtime fields and ``epochs``);
 - ``resume=DIR`` (or a checkpoint file): continue with the saved settings;
+- a continued run keeps writing the logs it wrote (``log``: csv, tensorboard) and adds those given;
 - ``epochs`` may change when continuing: the schedule is recomputed for the new length (see
   :func:`chanattn.training.trainer.lr_at`).
 """
@@ -30,8 +31,7 @@ __all__ = ["RUN_FILES", "RunPlan", "clear_run", "load_for_resume", "plan_run", "
 
 #: The files a run writes into its directory.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "last.pt", "previous.pt",
-             "best.pt",
-             "last.pt.corrupt")
+             "best.pt", "last.pt.corrupt")
 _CHECKPOINTS = ("last.pt", "previous.pt", "best.pt", "last.pt.corrupt")
 #: Settings that may differ between a run and its continuation besides the runtime fields:
 #: ``epochs`` (extends or shortens the schedule), ``out`` (the same directory, spelt differently),
@@ -124,8 +124,10 @@ def _continue(ckpt: dict[str, Any], cfg: TrainConfig, out: str, epochs: int | No
     """The plan to continue ``ckpt``: its saved config with ``cfg``'s runtime fields and ``epochs``."""
     saved = TrainConfig(**ckpt["config"])
     before = saved.epochs
+    logs = saved.log
     for name in RUNTIME_FIELDS:  # only what does not change the result may differ from the saved run
         setattr(saved, name, getattr(cfg, name))
+    saved.log = list(dict.fromkeys([*logs, *cfg.log]))  # the run's logs go on; those given are added
     saved.out = out
     done = int(ckpt["epoch"])
     if epochs is not None and epochs != before:
