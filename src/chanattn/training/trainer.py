@@ -27,12 +27,17 @@ What long runs get:
   is a function of the step (``epochs`` may grow or shrink when continuing: :func:`lr_at`);
 - ``init_from`` starts a new run (new optimiser, epoch 0) from another checkpoint's model weights;
 - ``DIR/metrics.jsonl`` (one line per epoch, the epochs of the checkpoint), ``DIR/config.yaml``,
-  ``DIR/summary.json`` at the end; every file through :mod:`chanattn.io`;
+  ``DIR/summary.json`` at the end; every file through :mod:`chanattn.io`; with ``log``,
+  ``DIR/metrics.csv`` and TensorBoard scalars (:mod:`.loggers`);
+- checkpoints carry ``model_config`` (:func:`run_model_config`), which :func:`chanattn.load_model`
+  builds the model from;
 - a loss that becomes NaN or Inf stops the run with :class:`TrainingDiverged`, before any checkpoint
   of that epoch is written;
 - the output directory is checked (writable, free space) before the first step;
-- :class:`~.callbacks.Callback` hooks at each loss, step end and epoch end; the reliability tests'
-  fault injection (``CHANATTN_FAULT``, :class:`~.callbacks.FaultInjection`) is one.
+- :class:`~.callbacks.Callback` hooks at the start and end of the run and of each epoch, at each
+  loss and step end; ``on_epoch_end`` may stop the run; the loggers and the reliability tests'
+  fault injection (``CHANATTN_FAULT``, :class:`~.callbacks.FaultInjection`) are callbacks too;
+- timm's RandAugment and Mixup/CutMix for image folders (``augment``, ``mixup``, ``cutmix``).
 
 Distributed (``torchrun --nproc_per_node N -m chanattn train ...``): DistributedDataParallel,
 each rank sees its shard of every epoch's permutation, ``batch_size`` is the global batch
