@@ -290,3 +290,12 @@ def test_checkpoints_carry_the_model_config_and_load_model_builds_from_it(image_
     assert model.chanattn_config["classes"] == ["class0", "class1", "class2"]
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(model(x), chanattn.load_model(out)(x), rtol=0, atol=0)
+
+
+def test_a_model_config_with_objects_is_not_recorded():
+    from chanattn.training.trainer import run_model_config
+
+    model = chanattn.create_model("resnet8", attn="se", in_chans=1, num_classes=10)
+    assert run_model_config(model)["attn"] == "se"
+    model.chanattn_config["attn_kwargs"] = {"act_layer": torch.nn.ReLU}  # a class: no JSON for it
+    assert run_model_config(model) is None and run_model_config(torch.nn.Linear(2, 2)) is None

@@ -467,11 +467,15 @@ def run_model_config(model: nn.Module, spec=None, dataset: str | None = None) ->
     """What builds the model again and what input it takes: ``model.chanattn_config`` (recorded by
     ``create_model``) with the data set's ``input_size`` (C, H, W), ``mean``, ``std``, ``classes``
     (``spec``, a :class:`~chanattn.data.spec.DatasetSpec`) and name. :func:`chanattn.load_model`
-    builds a checkpoint's model from it. None for a model without a config."""
+    builds a checkpoint's model from it. None for a model without a config, or with options that
+    are objects (``load_model`` then rebuilds the model from the training config)."""
     cfg = getattr(model, "chanattn_config", None)
     if not isinstance(cfg, dict):
         return None
-    out = json.loads(json.dumps(cfg, default=list))  # plain lists and dicts: weights_only loads them
+    try:  # plain lists and dicts, which weights_only loads (tuples become lists)
+        out = json.loads(json.dumps(cfg, default=list))
+    except (TypeError, ValueError):  # an option that is an object (a class, a function): not recordable
+        return None
     if spec is not None:
         out.update(input_size=[spec.in_chans, *spec.image_size], mean=list(spec.mean), std=list(spec.std),
                    classes=list(spec.classes))
