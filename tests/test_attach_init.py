@@ -296,3 +296,50 @@ def test_families_attach_forward_backward_and_identity(family, name):
         m, chanattn.AttentionModule) for m in model.modules())
     model(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_module_that_cannot_take_a_blocks_channels_names_it_and_why():
+    # FcaNet's DCT grid needs a multiple of 16 channels; MobileNetV3-Small's second block has 72
+    with pytest.raises(ValueError) as info:
+        chanattn.attach(tvm.mobilenet_v3_small(), "fca")
+    message = str(info.value)
+    assert message.startswith("attach: 'fca' cannot go in features.2 (InvertedResidual, 72 channels)")
+    assert "multiple of 16, got 72" in message and "\n" not in message
+
+
+def test_an_existing_se_is_replaced_and_identity_keeps_it_as_the_base():
+    torch.manual_seed(0)
+    model = _tv_efficientnet()
+    original = copy.deepcopy(model.state_dict())
+    chanattn.attach(model, "eca", init="identity")
+    slot = model.features[1][0].block[1]
+    assert isinstance(slot, IdentityInit) and type(slot.base).__name__ == "SqueezeExcitation"
+    # the original network's checkpoint still loads into the replaced SE (alpha and ECA are new)
+    missing, unexpected = model.load_state_dict(original, strict=False)
+    assert not unexpected and all(k.endswith(".alpha") or ".module." in k for k in missing)
+    # with the default init, the SE's place holds ECA alone
+    model = chanattn.attach(_tv_efficientnet(), "eca")
+    assert type(model.features[1][0].block[1]).__name__ == "EfficientChannelAttention"
+
+
+def test_readme_snippet_runs_and_prints_what_it_says():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- attach-identity:start -->")[1].split("<!-- attach-identity:end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    # every line followed by a "# <value>" comment line is an expression with that value
+    lines, namespace, checked = code.splitlines(), {}, 0
+    statements: list[str] = []
+    for i, line in enumerate(lines):
+        expected = lines[i + 1][2:] if i + 1 < len(lines) and re.match(r"# [\[(']", lines[i + 1]) else None
+        if expected is not None:
+            exec("\n".join(statements), namespace)
+            statements = []
+            assert repr(eval(line, namespace)) == expected, line
+            checked += 1
+        elif not line.startswith("# "):
+            statements.append(line)
+    exec("\n".join(statements), namespace)
+    assert checked == 2

@@ -17,6 +17,55 @@ new modules are new):
   attention slot ``se``, which timm applies after the last BN; a block whose slot is taken (an
   SE-ResNet) is an error, not a second module. timm's blocks have no slot before the block.
 - chanattn's own blocks: their ``attn`` and ``pre_attn`` slots.
+
+Mobile and newer families, inside the residual branch as their papers put channel attention:
+
+- torchvision's EfficientNet ``MBConv`` and MobileNetV3 ``InvertedResidual``: the SE's place, after
+  the depthwise convolution and before the 1x1 projection, with the expanded channels. Where the
+  block has an SE (every MBConv, the MobileNetV3 blocks that have one) the module replaces it, as
+  the papers that test a module in these networks compare it with the SE in the SE's place
+  (Coordinate Attention, Hou et al., CVPR 2021, its EfficientNet-b0 experiment); in the blocks
+  without one it goes where the SE would be, so every block gets one module, as in the ResNets.
+  The module is the child of the block's ``block`` Sequential at the SE's key
+  (``features.1.0.block.1``), or a new child ``attn`` before the projection (the other children
+  keep their keys and order).
+- torchvision's ``FusedMBConv`` (EfficientNetV2): after the fused 3x3 expansion, before the
+  projection (where timm's EdgeResidual, the same block, has its SE slot); after the single
+  convolution of a block without expansion: ``block.attn``.
+- torchvision's RegNet ``ResBottleneckBlock``: RegNetY's SE (``f.se``, after the 3x3 group
+  convolution; RegNetY is RegNetX with SE, Radosavovic et al., CVPR 2020) is replaced; RegNetX
+  gets ``f.attn`` there.
+- torchvision's ConvNeXt ``CNBlock`` (which has no SE): at the end of the residual branch, after
+  the second pointwise layer (back in (B, C, H, W)) and before the layer scale: ``block.attn``.
+- timm's EfficientNet/MobileNetV3 blocks (``DepthwiseSeparableConv``, ``InvertedResidual``,
+  ``CondConvResidual``, ``EdgeResidual``): their ``se`` slot, whose SE is replaced.
+  (timm's plain ``ConvBnAct`` stem blocks get none.)
+- timm's ResNetV2 ``PreActBasic``, ``PreActBottleneck`` and ``Bottleneck``: a subclass as for
+  torchvision's ResNet blocks, with ``attn`` after the branch's last convolution (its last BN
+  for ``Bottleneck``), before DropPath and the addition (``pre_attn`` on the block's input).
+- timm's CSPNet ``BottleneckBlock``: its ``attn3`` slot (after the last conv + BN, before the
+  addition: timm's ``attn_last``, the SE-ResNet place); ``DarkBlock`` and ``EdgeBlock``: their
+  only slot ``attn``, after the first convolution (where timm's cs3se_edgenet puts its SE, which
+  is replaced).
+
+A module that cannot take a block's channels (FcaNet's multiple of 16, SA's groups) is an
+``InputError`` naming the module, the blocks and the module's reason. An SE in timm's ResNet
+family (SE-ResNet) is not replaced but an error, as before (the ResNet papers add a module to a
+plain ResNet).
+
+``init="identity"``: every inserted module is wrapped in
+:class:`~chanattn.models.placement.IdentityInit`, y = b(x) + alpha (attn(x) - b(x)) with a learnable
+scalar alpha = 0, b the identity or the SE it replaces: the network computes exactly what it did
+before attach (a pretrained network starts fine-tuning undamaged), and the gradient on alpha moves
+it away from the first step. :func:`param_groups` gives the parameters attach added (marked on the
+modules at insertion) their own learning rate.
+
+State-dict keys after attach: every existing key is kept (a replaced SE's keys are gone, or with
+``init="identity"`` move under ``<slot>.base.``); the new module's keys are ``<block>.attn.*`` (or
+the slot named above: ``<block>.se.*``, ``<block>.attn3.*``, ``<block>.block.<i>.*``,
+``<block>.f.se.*``), ``<first block>.pre_attn.*``, ``<conv>.attn.*`` or ``<stage>.<n>.*``; with
+``init="identity"`` they move under ``<slot>.module.*`` beside ``<slot>.alpha``. A state dict of
+the same model attached without ``init`` loads into an identity-attached one (alpha = 1).
 - a module after a stage (``bam``, ``soca``, ``encnet``): appended to the stage's
   ``nn.Sequential`` (``layer1`` ...), or, where the stage has no container of its own
   (MobileNetV2's flat ``features``), its last block is wrapped in
@@ -695,9 +744,12 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
     error (use ``create_model(arch, attn="sk")``). Existing parameters keep their names and
     values; see the module docstring for how each block type is changed.
 
-    Known blocks: torchvision ResNet/ResNeXt/Wide-ResNet (``BasicBlock``, ``Bottleneck``) and
-    MobileNetV2 (``InvertedResidual``), timm's ResNet family (``BasicBlock``, ``Bottleneck``),
-    and the blocks of :mod:`chanattn.models`.
+    Known blocks: torchvision ResNet/ResNeXt/Wide-ResNet (``BasicBlock``, ``Bottleneck``),
+    MobileNetV2/V3 (``InvertedResidual``), EfficientNet/V2 (``MBConv``, ``FusedMBConv``), RegNet
+    (``ResBottleneckBlock``), ConvNeXt (``CNBlock``); timm's ResNet family, EfficientNet and
+    MobileNetV3 blocks, ResNetV2 (``PreActBasic``, ``PreActBottleneck``, ``Bottleneck``), CSPNet
+    (``BottleneckBlock``, ``DarkBlock``, ``EdgeBlock``); the blocks of :mod:`chanattn.models`.
+    Where each family gets the module (an existing SE is replaced): the module docstring.
 
     Args:
         model: the model (changed in place).
@@ -713,6 +765,10 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
             (default: a chanattn model's own, else 224 x 224).
         attn_kwargs: the module's options as a callable ``f(stage) -> dict | None`` per
             :class:`~chanattn.registry.Stage` (or a dict, as ``**kwargs``).
+        init: ``"default"``: each module as its paper initialises it (the network's output
+            changes). ``"identity"``: each module wrapped in
+            :class:`~chanattn.models.placement.IdentityInit` (y = b(x) + alpha (attn(x) - b(x)),
+            alpha = 0), so the output is unchanged at insertion and training moves away from it.
         return_report: also return the list of :class:`Insertion` (where, which channels).
         **kwargs: options for the module's constructor.
 
@@ -721,8 +777,9 @@ def attach(model: nn.Module, name: AttnSpec, targets: Iterable[str] | str | Call
 
     Raises:
         ValueError: the model has chanattn attention already (attach twice), a block's slot is
-            taken, the model has no block attach knows (the message lists its module types), an
-            unknown target, or ``sk``.
+            taken (timm's SE-ResNet), the model has no block attach knows (the message lists its
+            module types), an unknown target, ``sk`` or ``splat``, a module that cannot take a
+            block's channels (naming both and why), an unknown ``init``.
 
     Example:
         >>> import torchvision, chanattn
