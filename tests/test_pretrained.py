@@ -577,3 +577,13 @@ def test_deep_stem_and_avg_down_have_timms_keys(stem, timm_stem):
     a, b = theirs.state_dict(), ours.state_dict()
     assert list(a) == list(b)
     assert all(a[k].shape == b[k].shape for k in a)
+
+
+def test_readme_snippet_runs_offline():
+    """The README's first snippet under 'Published weights' (converting a timm model built here)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Published weights", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
