@@ -386,7 +386,7 @@ def test_srm_official_layout_loads_strictly():
 
 
 def test_gct_official_layout_loads_strictly():
-    model = chanattn.create_model("resnet50", attn="gct")
+    model = chanattn.create_model("resnet50", attn="gct", stride_in_1x1=True)  # the official one is v1
     official = _load("gct", model, gct_official())
     assert _same(model.conv1.attn.alpha, official["stem.conv1.0.alpha"])
     assert _same(model.conv1.weight, official["stem.conv1.1.weight"])

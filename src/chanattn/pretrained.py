@@ -17,6 +17,12 @@ Sources (:data:`SOURCES`; where the key names come from is in each one's ``origi
   (cfzd/FcaNet), ``"gsop"`` (ZilinGao/Global-Second-order-Pooling-Convolutional-Networks) and
   ``"dia"`` (gbup-group/DIANet): the official ResNets of each module.
 
+The official ResNets are torchvision's v1.5 (chanattn's default), except GCT's, a v1 ResNet
+(build it with ``stride_in_1x1=True``; same shapes, so either loads, but only v1 computes what the
+authors trained); GSoP's runs stage 4 at stride 1, which ``attn="gsop"`` sets. The CBAM, BAM and SE
+paper models of :mod:`chanattn.models.papers` are v1 for their FLOP counts: load the official
+CBAM/BAM weights into the default (v1.5) model to compute what the official code computes.
+
 Every key of the checkpoint must land on a key of the model, and every key of the model must be
 filled (a :class:`~chanattn.errors.CheckpointError` names the key, the source and, for a shape
 mismatch, both shapes). Two tensors are permuted on the way: CBAM's spatial convolution (the
@@ -195,7 +201,7 @@ PRETRAINED_WEIGHTS: tuple[PretrainedWeights, ...] = (
                       "BangguWu/ECANet README: a Baidu Pan link with an extract code (no direct URL)"),
     PretrainedWeights("eca_resnet101_k3357", "eca", None, _m(arch="resnet101", attn="eca"),
                       "BangguWu/ECANet README: a Baidu Pan link with an extract code (no direct URL)"),
-    PretrainedWeights("gct_resnet50", "gct", None, _m(arch="resnet50", attn="gct"),
+    PretrainedWeights("gct_resnet50", "gct", None, _m(arch="resnet50", attn="gct", stride_in_1x1=True),
                       "z-x-yang/GCT PyTorch/README.md: a Google Drive file (no direct URL)"),
     PretrainedWeights("gsop_resnet50", "gsop", None, _m(arch="resnet50", attn="gsop"),
                       "ZilinGao/Global-Second-order-Pooling-Convolutional-Networks README: "
