@@ -513,10 +513,13 @@ def _weights_for(model: nn.Module, src: Source, name: str | None) -> PretrainedW
                                   f"{row.source!r} checkpoint")
         return row
     cfg = getattr(model, "chanattn_config", None) or {}
-    rows = [r for r in PRETRAINED_WEIGHTS if r.source == src.name and r.build.get("arch") == cfg.get("arch")
-            and r.build.get("attn") == cfg.get("attn")
-            and all(cfg.get("model_kwargs", {}).get(k) == v for k, v in r.build.items()
-                    if k not in ("arch", "attn", "attn_kwargs"))]
+    same = [r for r in PRETRAINED_WEIGHTS if r.source == src.name and r.build.get("arch") == cfg.get("arch")
+            and r.build.get("attn") == cfg.get("attn")]
+    # those built with the model's options first (timm's seresnet50 before seresnet50t); the shape
+    # check then says where a model built otherwise does not fit
+    exact = [r for r in same if all(cfg.get("model_kwargs", {}).get(k) == v for k, v in r.build.items()
+                                    if k not in ("arch", "attn", "attn_kwargs"))]
+    rows = exact or same
     if not rows:
         raise CheckpointError(f"load_pretrained({src.name!r}): no published weights known for "
                               f"{_describe(model)}; pass a file, a state dict or a URL (the table: "
@@ -551,7 +554,7 @@ def load_pretrained(model: nn.Module, source: str, path_or_state_dict: Any = Non
     state = path_or_state_dict
     if isinstance(state, Mapping):
         pass
-    elif state is None or state == "url" or (isinstance(state, str) and re.match(r"^https?://", state)):
+    elif state is None or (isinstance(state, str) and (state == "url" or re.match(r"^https?://", state))):
         if state is None or state == "url":
             row = _weights_for(model, src, name)
             if row.url is None:
