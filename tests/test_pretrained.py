@@ -587,3 +587,17 @@ def test_readme_snippet_runs_offline():
     section = text.split("## Published weights", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_models_built_in_the_official_orders_take_the_tensors_unpermuted():
+    """cbam's pool_order="max_mean" and GSoPHead's triangle="lower" are the official orders: the
+    converter leaves the kernel and the classifier as they are."""
+    model = chanattn.create_model("resnet18", attn="cbam", attn_kwargs={"pool_order": "max_mean"})
+    official = _load("cbam", model, cbam_official("resnet18"))
+    assert _same(model.layer1[0].attn.spatial.conv.weight,
+                 official["layer1.0.cbam.SpatialGate.spatial.conv.weight"])
+    with torch.device("meta"):
+        ref = chanattn.create_model("resnet50", attn="gsop", head="gsop")
+    model = chanattn.create_model("resnet50", attn="gsop", head="gsop", head_kwargs={"triangle": "lower"})
+    official = _load("gsop", model, gsop_official(True, _gsop_blocks(ref)))
+    assert _same(model.fc.weight, official["fc.weight"])

@@ -28,7 +28,9 @@ filled (a :class:`~chanattn.errors.CheckpointError` names the key, the source an
 mismatch, both shapes). Two tensors are permuted on the way: CBAM's spatial convolution (the
 official ChannelPool stacks [max, mean], chanattn's spatial gate takes [mean, max], the paper's
 order) and GSoP-Net2's classifier (the official head vectorises the lower triangle of the matrix
-row by row, chanattn's :class:`~chanattn.modules.gsop.GSoPHead` the upper triangle row by row).
+row by row, chanattn's :class:`~chanattn.modules.gsop.GSoPHead` the upper triangle row by row), each
+only where the model keeps chanattn's default order (``pool_order="mean_max"``,
+``head_kwargs={"triangle": "upper"}``); a model built with the official order takes the tensor as it is.
 ``nn.Linear`` weights become the 1x1 convolutions chanattn uses for the same maps. No bias needed
 folding: every official layer whose bias chanattn keeps has one in chanattn too. BatchNorm's
 ``num_batches_tracked`` counters, which checkpoints of PyTorch before 0.4.1 lack, are taken from the
@@ -252,8 +254,10 @@ _BLOCK = r"^(layer\d+\.\d+)\."
 
 def _cbam_fix(key: str, tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
     if key.endswith(".attn.spatial.conv.weight"):
-        return tensor.flip(1)  # official [max, mean] -> chanattn [mean, max]
-    return tensor
+        gate = model.get_submodule(key.rsplit(".", 2)[0])
+        if getattr(gate, "pool_order", "mean_max") == "mean_max":
+            return tensor.flip(1)  # official [max, mean] -> chanattn's default [mean, max]
+    return tensor  # a model built with pool_order="max_mean" takes the official kernel as it is
 
 
 def _bam_stage_end(match: re.Match, model: nn.Module) -> str:
@@ -273,7 +277,8 @@ def triu_from_tril_order(n: int) -> torch.Tensor:
 
 def _gsop_fix(key: str, tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
     head = getattr(model, "avgpool", None)
-    if key == "fc.weight" and hasattr(head, "rd_channels") and tensor.dim() == 2:
+    if key == "fc.weight" and hasattr(head, "rd_channels") and tensor.dim() == 2 \
+            and getattr(head, "triangle", "upper") == "upper":  # triangle="lower" is the official order
         d = head.rd_channels
         if tensor.shape[1] == d * (d + 1) // 2:
             return tensor[:, triu_from_tril_order(d)]
