@@ -26,6 +26,7 @@ _EXPORTS = {
     "create": ".registry",
     "list_modules": ".registry",
     "module_info": ".registry",
+    "param_groups": ".models",
     "register": ".registry",
     "AttentionModule": ".layers",
     "no_weight_decay_names": ".layers",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "ChanattnError": ".errors",
     "from_pretrained": ".hub",
     "load_model": ".hub",
+    "load_pretrained": ".pretrained",
     "push_to_hub": ".hub",
     "save_pretrained": ".hub",
     "timm_layer": ".timm_compat",
@@ -63,8 +65,10 @@ __all__ = [
     "list_models",
     "list_modules",
     "load_model",
+    "load_pretrained",
     "module_info",
     "no_weight_decay_names",
+    "param_groups",
     "push_to_hub",
     "register",
     "save_pretrained",
@@ -78,7 +82,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .fast import explain, fast_paths
     from .hub import from_pretrained, load_model, push_to_hub, save_pretrained
     from .layers import AttentionModule, no_weight_decay_names
-    from .models import attach, count_macs, create_model, list_models
+    from .models import attach, count_macs, create_model, list_models, param_groups
     from .models.papers import create_paper_model
+    from .pretrained import load_pretrained
     from .registry import KINDS, PLACEMENTS, ModuleInfo, Stage, create, list_modules, module_info, register
     from .timm_compat import timm_layer
