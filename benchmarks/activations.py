@@ -24,7 +24,7 @@ import chanattn
 SHAPES = [(8, 64, 28, 28), (8, 256, 14, 14)]
 OUT = Path(__file__).with_name("ACTIVATIONS.md")
 
-# Hand-written notes for the modules with a fast path (src/chanattn/functional.py); the others get
+# Hand-written notes for the modules with a fast path (src/chanattn/fast/); the others get
 # the largest saved tensors from the hook.
 NOTES = {
     "se": "x and the (B, C, 1, 1) gate (for y = x * g); the MLP's (B, C) vectors",
@@ -98,6 +98,14 @@ def _largest(items: list[tuple[tuple[int, ...], float]], k: int = 3) -> str:
     return "; ".join(parts) if parts else "only small tensors"
 
 
+def formula(m: torch.nn.Module):
+    """``m`` with every fast implementation off."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with chanattn.fast_paths(False):
+            return m(x)
+    return run
+
+
 def measure(names: list[str]) -> list[dict]:
     rows = []
     for name in names:
@@ -110,8 +118,9 @@ def measure(names: list[str]) -> list[dict]:
             total, items = saved_for_backward(m, x)
             row["saved"].append(total)
             row["largest"].append(items)
-            ref = getattr(m, "forward_reference", None)
-            row["reference"].append(saved_for_backward(m, x, ref)[0] if ref is not None else None)
+            with torch.enable_grad():
+                fast = chanattn.explain(m, x.detach().requires_grad_(True)).chosen != "formula"
+            row["reference"].append(saved_for_backward(m, x, formula(m))[0] if fast else None)
         rows.append(row)
     return rows
 
@@ -126,8 +135,9 @@ def render(rows: list[dict]) -> str:
         "one count per storage, parameters and buffers left out, as multiples of the input's size",
         f"(inputs {' and '.join(heads)}, channels rounded up to what each module accepts). The input",
         "itself is part of the figure where the backward keeps it (1.00). *reference*: the same module",
-        "run through its plain `forward_reference` (the formula without the fast path), where it has",
-        "one (the two shapes). For the others, the largest saved tensors: shape (multiple of the input).",
+        "running its formula (`chanattn.fast_paths(False)`), where training takes a fast path",
+        "(`chanattn.explain`; the two shapes). For the others, the largest saved tensors: shape",
+        "(multiple of the input).",
         "",
         f"| module | saved ({heads[0]}) | saved ({heads[1]}) | reference | what it saves |",
         "|---|---|---|---|---|",

@@ -5,12 +5,13 @@
     .venv/bin/python benchmarks/cbam_native.py --shapes 8x64x56x56 --modules cbam
 
 For each module (cbam, cbam_channel, cbam_spatial) and shape: eval forward under ``no_grad`` of
-the same module instance (a) with the native kernel (``chanattn.native``), (b) with it switched
-off (the PyTorch fast path of ``chanattn.functional``, what ran before the kernel), (c) timm's
-module built with the same hyper-parameters and weights (``chanattn.bench.timm_refs``), and (d) a
-copy of the input into a preallocated buffer; all four timed in interleaved repeats
+the same module instance (a) by the native operator (the ``<module>.native`` implementation of
+``chanattn.fast``), (b) by its formula (``chanattn.fast_paths(False)``), (c) timm's module built
+with the same hyper-parameters and weights (``chanattn.bench.timm_refs``), and (d) a copy of the
+input into a preallocated buffer; all four timed in interleaved repeats
 (``chanattn.bench.core.time_interleaved``). Prints median ms and the ratios native/timm,
-pytorch/timm, native/pytorch.
+formula/timm, native/formula. (The comparison with the compiled formula:
+``benchmarks/fast_paths.py``.)
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import sys
 import torch
 
 import chanattn
-import chanattn.modules.cbam as cbam_module
-from chanattn import native
 from chanattn.bench.core import machine_info, parse_shapes, time_interleaved
 from chanattn.bench.timm_refs import timm_counterpart
+from chanattn.fast import fast_paths, implementations, native
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         print("the native kernel is not in use: nothing to compare", file=sys.stderr)
         return 1
     print(f"median ms over {args.repeats} interleaved repeats (eval, no_grad)")
-    head = (f"{'module':<13} {'shape':<14} {'native':>8} {'pytorch':>8} {'timm':>8} {'copy':>7}"
-            f" {'nat/timm':>9} {'pt/timm':>8} {'nat/pt':>7}")
+    head = (f"{'module':<13} {'shape':<14} {'native':>8} {'formula':>8} {'timm':>8} {'copy':>7}"
+            f" {'nat/timm':>9} {'fo/timm':>8} {'nat/fo':>7}")
     print(head)
     print("-" * len(head))
-    kernel = cbam_module.cbam_forward
+    kernels = {impl.name: impl for impl in implementations() if impl.name.endswith(".native")}
     for name in args.modules.split(","):
         for shape in parse_shapes(args.shapes):
             torch.manual_seed(0)
@@ -61,25 +61,25 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(shape)
             buf = torch.empty_like(x)
 
-            def pytorch_path(m=m, x=x):
-                cbam_module.cbam_forward = lambda *a, **k: None
-                try:
+            kernel = kernels[f"{name}.native"]
+
+            def formula(m=m, x=x):
+                with fast_paths(False):
                     return m(x)
-                finally:
-                    cbam_module.cbam_forward = kernel
 
             with torch.no_grad():
-                torch.testing.assert_close(m(x), pytorch_path(), rtol=1e-4, atol=1e-4)
+                assert kernel.applies(m, x)[0], kernel.applies(m, x)[1]
+                torch.testing.assert_close(kernel.run(m, x), formula(), rtol=1e-4, atol=1e-4)
                 t = time_interleaved({
-                    "native": lambda m=m, x=x: m(x),
-                    "pytorch": pytorch_path,
+                    "native": lambda m=m, x=x, kernel=kernel: kernel.run(m, x),
+                    "formula": formula,
                     "timm": lambda theirs=theirs, x=x: theirs(x),
                     "copy": lambda x=x, buf=buf: buf.copy_(x),
                 }, repeats=args.repeats)
             ms = {k: v.median_s * 1e3 for k, v in t.items()}
-            print(f"{name:<13} {'x'.join(map(str, shape)):<14} {ms['native']:8.3f} {ms['pytorch']:8.3f}"
+            print(f"{name:<13} {'x'.join(map(str, shape)):<14} {ms['native']:8.3f} {ms['formula']:8.3f}"
                   f" {ms['timm']:8.3f} {ms['copy']:7.3f} {ms['native'] / ms['timm']:9.2f}"
-                  f" {ms['pytorch'] / ms['timm']:8.2f} {ms['native'] / ms['pytorch']:7.2f}")
+                  f" {ms['formula'] / ms['timm']:8.2f} {ms['native'] / ms['formula']:7.2f}")
     return 0
 
 

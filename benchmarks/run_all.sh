@@ -45,7 +45,7 @@ if [[ "${SKIP_MODELS:-0}" != 1 ]]; then
         --repeats "$MODEL_REPEATS" "${common[@]}" --out "$name.json" | tee "$name.txt"
 fi
 
-# CBAM's native kernel against the PyTorch path it replaces and timm (CPU only).
+# CBAM's native operator against the formula and timm (CPU only).
 if [[ "$DEVICE" == cpu && "${SKIP_NATIVE:-0}" != 1 ]]; then
     native_args=(--repeats "$REPEATS")
     if [[ -n "${THREADS:-}" ]]; then native_args+=(--threads "$THREADS"); fi

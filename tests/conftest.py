@@ -53,6 +53,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+def formula(m: torch.nn.Module):
+    """``m``'s formula: a callable that runs ``m`` with every fast implementation off
+    (``chanattn.fast_paths(False)``)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with chanattn.fast_paths(False):
+            return m(x)
+    return run
+
+
 def saved_multiple(m: torch.nn.Module, x: torch.Tensor, forward=None) -> float:
     """Bytes autograd saves in one forward of ``m`` (or ``forward``) on ``x`` requiring grad, one
     count per storage (a view keeps its whole storage alive), parameters and buffers left out, as
@@ -68,7 +77,7 @@ def saved_multiple(m: torch.nn.Module, x: torch.Tensor, forward=None) -> float:
 
     x = x.detach().clone().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        (forward or m)(x)
+        (m if forward is None else forward)(x)
     return sum(storages.values()) / (x.numel() * x.element_size())
 
 

@@ -86,3 +86,29 @@ def test_training_needs_a_batch_of_two():
     with pytest.raises(ValueError, match=r"BilinearAttention.*batch"):
         m(torch.randn(1, 32, 4, 4))
     assert m.eval()(torch.randn(1, 32, 4, 4)).shape == (1, 32, 4, 4)
+
+
+def test_triangle_indices_are_buffers_outside_the_state_dict():
+    """rows/cols follow the module (device, to_empty) and are in no state dict (checkpoints keep
+    their keys); torch.compile traces them without dynamo's lru_cache warning."""
+    import warnings
+
+    import torch._dynamo
+
+    m = chanattn.create("bilinear", 64)
+    rows, cols = torch.triu_indices(m.rd_channels, m.rd_channels)
+    assert torch.equal(m.rows, rows) and torch.equal(m.cols, cols)
+    assert {"rows", "cols"} <= {n for n, _ in m.named_buffers()}
+    assert not [k for k in m.state_dict() if k.split(".")[-1] in ("rows", "cols")]
+    meta = chanattn.create("bilinear", 64, device="meta")
+    meta.to_empty(device="cpu")  # uninitialised memory, then recomputed in place
+    assert torch.equal(meta.rows, rows) and torch.equal(meta.cols, cols)
+    meta.rows.zero_()
+    meta.init_non_persistent_buffers()  # timm's hook (reinit_non_persistent_buffers)
+    assert torch.equal(meta.rows, rows)
+    x = torch.randn(2, 64, 5, 5)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        torch.testing.assert_close(torch.compile(m.eval(), backend="eager")(x), m(x))
+    assert not [w for w in caught if "lru_cache" in str(w.message)]

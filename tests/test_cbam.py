@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import chanattn
 from chanattn.errors import InputError
-from conftest import randomise_norms
+from chanattn.fast import implementations, native
+from conftest import formula, randomise_norms
 
 
 def _spatial_of(m):
@@ -45,32 +46,36 @@ def test_defaults_are_stated_choices():
     assert _spatial_of(chanattn.create("cbam", 16, bn_momentum=None)).bn.momentum is None
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "no-native"])
 @pytest.mark.parametrize("name", ["cbam_spatial", "cbam"])
-def test_max_mean_is_the_official_channel_pool(name, native, monkeypatch):
-    """pool_order="max_mean" on every path (eval with and without the native kernel, training with
-    autograd, the reference) is the official [max; mean] stacking with the same weights, and the
+def test_max_mean_is_the_official_channel_pool(name):
+    """pool_order="max_mean" on every path (the formula, and each fast implementation registered for
+    the class wherever it applies: the native operator where built and the PyTorch paths in eval,
+    with and without autograd) is the official [max; mean] stacking with the same weights, and the
     paper's order with the convolution's two input channels swapped."""
-    if native:
-        if chanattn.native.cbam_library() is None:
-            pytest.skip("the native kernel is not built here")
-    else:
-        monkeypatch.setattr("chanattn.modules.cbam.cbam_forward", lambda *args, **kwargs: None)
     torch.manual_seed(0)
     ours = chanattn.create(name, 24, pool_order="max_mean")
     randomise_norms(ours)
     x = torch.randn(3, 24, 12, 11)
     ours.eval()
     if name == "cbam":
-        inner = ours.channel.forward_reference(x)
+        inner = formula(ours.channel)(x)
         expected = _official_spatial(ours.spatial, inner)
     else:
         expected = _official_spatial(ours, x)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), expected)  # native kernel where built
-        torch.testing.assert_close(ours.forward_reference(x), expected)
+        torch.testing.assert_close(formula(ours)(x), expected)
+        torch.testing.assert_close(ours(x), expected)  # the path the call takes
     xg = x.clone().requires_grad_(True)
-    torch.testing.assert_close(ours(xg), expected)  # autograd path
+    torch.testing.assert_close(ours(xg), expected)  # with autograd
+    ran = []
+    for impl in implementations(ours):
+        for grad in (False, True):
+            probe = x.clone().requires_grad_(grad)
+            with torch.set_grad_enabled(grad):
+                if impl.applies(ours, probe)[0]:
+                    torch.testing.assert_close(impl.run(ours, probe), expected, msg=impl.name)
+                    ran.append(impl.name)
+    assert f"{name}.pytorch" in ran and (f"{name}.native" in ran) == native.available()
     # the paper's order with the weights swapped: the same module
     paper = chanattn.create(name, 24)
     state = copy.deepcopy(ours.state_dict())
@@ -94,7 +99,7 @@ def test_training_step_matches_reference_and_moves_running_stats_by_the_momentum
     ref = copy.deepcopy(m)
     x = torch.randn(4, 16, 9, 9)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = m(xa), ref.forward_reference(xb)
+    ya, yb = m(xa), formula(ref)(xb)
     torch.testing.assert_close(ya, yb)
     g = torch.randn_like(ya)
     (ya * g).sum().backward()
@@ -104,7 +109,7 @@ def test_training_step_matches_reference_and_moves_running_stats_by_the_momentum
         torch.testing.assert_close(p.grad, q.grad)
     # running mean after one step from 0: momentum (0.01) times the batch mean of the conv output
     with torch.no_grad():
-        y = x * m.channel.attention_reference(x)
+        y = x * m.channel.attention(x)
         pooled = torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1)
         if pool_order == "max_mean":
             pooled = pooled.flip(1)
@@ -123,7 +128,7 @@ def test_models_zero_init_the_spatial_bn_as_the_official_resnet(name):
     sp = spatial[0].eval()
     x = torch.randn(2, sp.channels, 5, 5)
     with torch.no_grad():
-        torch.testing.assert_close(sp.attention_reference(x), torch.full((2, 1, 5, 5), 0.5))
+        torch.testing.assert_close(sp.attention(x), torch.full((2, 1, 5, 5), 0.5))
     # turned off by attn_kwargs; the other backbones and attach follow the same registry fact
     off = chanattn.create_model("resnet18", attn=name, attn_kwargs={"zero_init_spatial_bn": False})
     assert all(torch.equal(m.bn.weight.detach(), torch.ones(1)) for m in off.modules()

@@ -56,8 +56,8 @@ def test_one_shared_kernel_is_eca():
     with torch.no_grad():
         ns.conv.weight.copy_(eca.conv.weight.view(1, 1, 3).expand(12, 1, 3))
     x = torch.randn(2, 12, 5, 5)
-    with torch.no_grad():
-        torch.testing.assert_close(ns(x), eca.forward_reference(x), rtol=1e-6, atol=1e-7)
+    with torch.no_grad(), chanattn.fast_paths(False):  # ECA's formula
+        torch.testing.assert_close(ns(x), eca(x), rtol=1e-6, atol=1e-7)
 
 
 def test_defaults_and_errors():
@@ -75,3 +75,9 @@ def test_k_times_c_parameters_in_resnet50():
     base = count_params(chanattn.create_model("resnet50"))
     widths = [c for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048)) for _ in range(n)]
     assert count_params(chanattn.create_model("resnet50", attn="eca_ns")) - base == sum(3 * c for c in widths)
+
+
+def test_count_macs_is_k_per_channel():
+    # Eq. (7): k multiply-adds per channel and sample (the k x C weights of Table 2, each used once)
+    m = EfficientChannelAttentionNS(24, kernel_size=5).eval()
+    assert chanattn.count_macs(m, inputs=torch.randn(3, 24, 4, 6)) == 3 * 24 * 5

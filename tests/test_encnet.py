@@ -147,13 +147,17 @@ def test_bad_arguments_and_single_sample_training():
     assert m.eval()(torch.randn(1, 16, 1, 1)).shape == (1, 16, 1, 1)
 
 
+@pytest.mark.parametrize("path", ["formula", "encnet.recompute"])
 @pytest.mark.parametrize("scale", [10.0, 30.0])
-def test_encoding_layer_is_precise_far_from_zero(scale):
+def test_encoding_layer_is_precise_far_from_zero(scale, path):
     """Features and codewords around ``scale``, spread by 0.1 (issue 14: uncentred, the expansion of
     ||x - d||^2 gave relative errors of 1e-4 at 10 and 1e-3 at 30 in float32). The float32 result,
     its gradients, and the plain path without autograd against the float64 computation: relative
     error at most 1e-6, 16 float32 epsilons (2^-24 = 6e-8; centred, the layer measures about 1e-7 at
-    any scale, as near 0, since every rounding is then relative to ||x - m||, not ||x||)."""
+    any scale, as near 0, since every rounding is then relative to ||x - m||, not ||x||). Both the
+    layer's formula and the Functions of encnet.recompute's training path (chanattn.fast.encnet)."""
+    from chanattn.fast.encnet import _encoding
+
     g = torch.Generator().manual_seed(0)
     enc = Encoding(32, num_codes=16)
     with torch.no_grad():
@@ -165,7 +169,7 @@ def test_encoding_layer_is_precise_far_from_zero(scale):
     results = []
     for m, xm in ((enc, x), (truth, x.double())):
         xm = xm.clone().requires_grad_(True)
-        y = m(xm)
+        y = _encoding(m, xm) if path != "formula" and m is enc else m(xm)
         results.append([y, *torch.autograd.grad(y, [xm, m.codewords, m.smoothing], gout.to(y.dtype))])
         with torch.no_grad():
             results[-1].append(m(xm))  # the plain path

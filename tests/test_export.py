@@ -24,6 +24,7 @@ from chanattn.cli import main
 from chanattn.export import (
     FORMATS,
     KNOWN_LIMITATIONS,
+    SUFFIXES,
     ExportError,
     export,
     export_model,
@@ -59,18 +60,31 @@ def test_readme_export_tables_are_up_to_date():
     assert section == export_markdown(RESULTS).strip(), "README export tables are stale: run `make readme`"
 
 
+def _written(tmp_path: Path, name: str, fmt: str, outcome: dict) -> None:
+    """An export that succeeded left its file (the check ran the file read back)."""
+    files = list(tmp_path.iterdir())
+    if outcome["ok"]:
+        assert [f.name for f in files] == [f"{name}{SUFFIXES[fmt]}"] and files[0].stat().st_size > 0
+    else:
+        assert files == [], "a failed export leaves no file"
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", ALL_MODULES)
-def test_module_export_outcome_is_the_recorded_one(name, fmt):
-    assert module_support(name, fmt) == RESULTS["modules"][name][fmt], RECORD_HINT
+def test_module_export_outcome_is_the_recorded_one(name, fmt, tmp_path):
+    outcome = module_support(name, fmt, tmp_path)  # written to a file and checked as loaded back
+    assert outcome == RESULTS["modules"][name][fmt], RECORD_HINT
+    _written(tmp_path, name, fmt, outcome)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("arch", ALL_MODELS)
-def test_model_export_outcome_is_the_recorded_one(arch, fmt):
+def test_model_export_outcome_is_the_recorded_one(arch, fmt, tmp_path):
     if fmt not in QUICK.get(arch, ()) and not FULL:
         pytest.skip("left to the full run (CHANATTN_EXPORT_ALL=1): code checked on another architecture")
-    assert model_support(arch, fmt) == RESULTS["models"][arch][fmt], RECORD_HINT
+    outcome = model_support(arch, fmt, tmp_path)
+    assert outcome == RESULTS["models"][arch][fmt], RECORD_HINT
+    _written(tmp_path, arch, fmt, outcome)
 
 
 @pytest.mark.parametrize("name", ALL_MODULES)
@@ -237,6 +251,36 @@ def test_fault_onnxruntime_missing(monkeypatch):
         export_module("se", fmt="onnx", channels=8)
 
 
+def test_fault_unwritable_file_is_an_export_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for fmt in FORMATS:
+        with pytest.raises(ExportError, match=r"se .*: cannot write .*file/se") as info:
+            export_module("se", path=blocker / f"se{SUFFIXES[fmt]}", fmt=fmt, channels=8)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fault_any_failure_of_a_path_is_an_export_error(fmt, monkeypatch, tmp_path):
+    """A failure that no check names (here torch's writers refusing, as torch.jit.save did for an
+    autograd Function recorded by a trace) is an ExportError with its reason, not a RuntimeError."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Could not export Python function call '_Something'")
+
+    monkeypatch.setattr(torch.export, "save", refuse)
+    monkeypatch.setattr(torch.jit, "save", refuse)
+    from torch.onnx import ONNXProgram
+
+    monkeypatch.setattr(ONNXProgram, "save", refuse)
+    with pytest.raises(ExportError, match=r"cannot write .*Could not export Python function call"):
+        export_module("se", path=tmp_path / f"se{SUFFIXES[fmt]}", fmt=fmt, channels=8)
+    monkeypatch.setattr(torch.export, "export", refuse)
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with pytest.raises(ExportError, match=r"Could not export Python function call"):
+        export_module("se", fmt=fmt, channels=8)
+
+
 def test_fault_bad_example_gives_the_modules_own_error():
     m = chanattn.create("se", 16)
     with pytest.raises(ValueError, match=r"SqueezeExcite.*expects 16 input channels, got 8"):
@@ -258,6 +302,29 @@ def test_cli_exports_a_module_and_a_model(tmp_path, capsys):
     assert main(["export", "--arch", "resnet8", "--attn", "se", "--format", "torch.export",
                  "--out", str(out), "--num-classes", "5"]) == 0
     assert "resnet8 + se" in capsys.readouterr().out and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_exports_cbam_along_every_path(fmt, tmp_path, capsys):
+    """The command of issue 13 (`chanattn export --module cbam --format torchscript --out cbam.pt`
+    failed on an autograd Function of the fast path): every module's forward is the formula under
+    tracing and export, so each path writes its file and loads it back."""
+    out = tmp_path / f"cbam{SUFFIXES[fmt]}"
+    assert main(["export", "--module", "cbam", "--format", fmt, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.stat().st_size > 0 and "cbam (CBAM, channels=64)" in text and "dynamic batch" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if fmt == "torchscript":
+            loaded = torch.jit.load(str(out))
+        elif fmt == "torch.export":
+            loaded = torch.export.load(str(out)).module()
+        else:
+            loaded = None
+    if loaded is not None:
+        x = torch.randn(3, 64, 14, 14)
+        m = chanattn.create("cbam", 64)  # the file's weights are the seeded module's: shapes only
+        assert loaded(x).shape == m(x).shape
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,8 +1,9 @@
-"""What sk, bam and encnet save for backward in training, and that saving less changes nothing:
-the outputs and gradients (input and every parameter) of ``forward`` against ``forward_reference``
-(float32 and float64, odd sizes, batch 1 where the module takes it, train and eval, contiguous and
-channels-last), BatchNorm's running statistics after a training step, the saved bytes, and the
-conv-BN-ReLU Function of chanattn.recompute on its own."""
+"""What the training paths of sk, bam and encnet (chanattn.fast) save for backward, and that saving
+less changes nothing: outputs, gradients and BatchNorm's running statistics bit for bit those of the
+plain layers on CPU (float32, float64, bfloat16), the saved bytes against the formula's, the plain
+layers wherever they do not apply, and the conv-BN-ReLU Function of chanattn.fast.recompute on its
+own. (Values and gradients against the formula for every implementation:
+tests/test_fast_contract.py.)"""
 
 from __future__ import annotations
 
@@ -13,29 +14,21 @@ import torch
 from torch import nn
 
 import chanattn
-from chanattn.recompute import conv_bn_relu, recompute_applies
-from conftest import assert_matches_reference, randomise_norms, saved_multiple
+from chanattn.fast import explain, implementations
+from chanattn.fast.recompute import conv_bn_relu
+from conftest import formula, randomise_norms, saved_multiple
 
-# case: (registry name, kwargs, channels, shapes (B, H, W)); batch-1 shapes run in eval only where
-# the module normalises pooled vectors (sk's fuse step, bam's channel branch).
+# case: (registry name, kwargs, channels, shape (B, H, W))
 CASES = {
-    "sk": ("sk", {}, 48, [(2, 7, 9), (3, 13, 11), (2, 1, 1), (1, 7, 7)]),
-    "sk-3branch-stride2": ("sk", {"num_branches": 3, "stride": 2, "out_channels": 32}, 48,
-                           [(2, 9, 7), (1, 5, 5)]),
-    "bam": ("bam", {}, 32, [(2, 7, 9), (3, 5, 5), (2, 1, 1), (1, 6, 6)]),
-    "bam-sum": ("bam", {"fusion": "sum"}, 32, [(2, 9, 7)]),
-    "encnet": ("encnet", {"num_codes": 8}, 16, [(2, 7, 9), (3, 5, 4), (1, 5, 7), (2, 1, 1)]),
-    "encnet-no-final-relu": ("encnet", {"num_codes": 8, "final_relu": False}, 16, [(2, 9, 7)]),
+    "sk": ("sk", {}, 48, (2, 7, 9)),
+    "sk-3branch-stride2": ("sk", {"num_branches": 3, "stride": 2, "out_channels": 32}, 48, (2, 9, 7)),
+    "bam": ("bam", {}, 32, (2, 7, 9)),
+    "bam-sum": ("bam", {"fusion": "sum"}, 32, (2, 9, 7)),
+    "encnet": ("encnet", {"num_codes": 8}, 16, (2, 7, 9)),
+    "encnet-no-final-relu": ("encnet", {"num_codes": 8, "final_relu": False}, 16, (2, 9, 7)),
 }
-BATCH1_TRAINS = {"encnet", "encnet-no-final-relu"}  # its BNs see B*H*W and B*C values
-# buffer name -> whether forward's training step must leave it equal to the reference's, bit for
-# bit: all but sk's fuse-step BN, which sees the branches' pooled sum, added by forward in another
-# order than the reference's stack (since before the Functions; equal to rounding)
-EXACT_BN = {
-    "sk": lambda name: name.startswith("branches."),
-    "bam": lambda name: True,
-    "encnet": lambda name: True,
-}
+IMPLS = {impl.name: impl for impl in implementations()}
+TRAINING_PATH = {"sk": "sk.recompute", "bam": "bam.one_plus_gate", "encnet": "encnet.recompute"}
 
 # The most each saves, in input sizes, at C = 64 (and encnet's K = 32): sk x and each branch's
 # convolution output; bam x and the sigmoid's output (and the spatial branch's (B, C/16, H, W)
@@ -54,55 +47,16 @@ def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None = None):
     return [y.detach(), *grads], gout
 
 
-def _compare(case: str, m: nn.Module, x: torch.Tensor, train: bool) -> None:
-    """forward against forward_reference, each from the same state (BN statistics included); in
-    float32 both against the float64 result as well."""
-    m.train(train)
-    labels = ["output", "input grad"] + [f"grad of {n}" for n, _ in m.named_parameters()]
-    ma, mb, truth_m = copy.deepcopy(m), copy.deepcopy(m), copy.deepcopy(m).double()
-    fast, gout = _run(ma, ma.forward, x)
-    ref, _ = _run(mb, mb.forward_reference, x, gout)
-    where = f"{case}, {tuple(x.shape)}, {x.dtype}, train={train}, channels_last={not x.is_contiguous()}"
-    assert len(fast) == len(ref) == len(labels)
-    assert_matches_reference(where, labels, fast, ref,
-                             lambda: _run(truth_m, truth_m.forward_reference, x.double(), gout)[0])
-    # one step each: the running statistics moved the same way (see EXACT_BN)
-    exact = EXACT_BN[CASES[case][0]]
-    for (name, a), (_, b) in zip(ma.named_buffers(), mb.named_buffers(), strict=True):
-        if exact(name):
-            assert torch.equal(a, b), f"{where}: BN buffer {name} differs after the step"
-        else:
-            torch.testing.assert_close(a, b, msg=f"{where}: {name}")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_forward_and_gradients_match_reference(case, dtype):
-    name, kwargs, c, shapes = CASES[case]
-    g = torch.Generator().manual_seed(1)
-    for b, h, w in shapes:
-        torch.manual_seed(b * 100 + h)
-        m = chanattn.create(name, c, **kwargs)
-        randomise_norms(m)  # non-trivial running statistics and affine parameters
-        m = m.to(dtype)
-        x = torch.randn(b, c, h, w, generator=g).to(dtype)
-        for layout in (torch.contiguous_format, torch.channels_last):
-            xl = x.contiguous(memory_format=layout)
-            for train in (False, True):
-                if train and b == 1 and case not in BATCH1_TRAINS:
-                    continue
-                _compare(case, m, xl, train)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
                          ids=["float32", "float64", "bfloat16"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bit_for_bit_the_plain_layers(case, dtype, monkeypatch):
+def test_bit_for_bit_the_plain_layers(case, dtype):
     """On CPU the Functions change nothing: outputs, gradients and BN buffers are those of the same
-    forward run through the plain layers (``recompute_applies`` off), bit for bit."""
-    name, kwargs, c, shapes = CASES[case]
-    module_file = type(chanattn.create(name, c, **kwargs)).__module__
-    b, h, w = shapes[0]
+    computation by the plain layers (the formula; for sk the branches without the stack, which the
+    formula adds in another order), bit for bit, in training and in eval mode with autograd."""
+    name, kwargs, c, (b, h, w) = CASES[case]
+    impl = IMPLS[TRAINING_PATH[name]]
+    plain = IMPLS["sk.unstacked"].run if name == "sk" else (lambda mod, t: formula(mod)(t))
     torch.manual_seed(5)
     m = chanattn.create(name, c, **kwargs)
     randomise_norms(m)
@@ -112,12 +66,14 @@ def test_bit_for_bit_the_plain_layers(case, dtype, monkeypatch):
         xl = x.contiguous(memory_format=layout)
         for train in (True, False):
             fast_m, plain_m = copy.deepcopy(m).train(train), copy.deepcopy(m).train(train)
-            fast, gout = _run(fast_m, fast_m, xl)
-            with monkeypatch.context() as mp:
-                mp.setattr(f"{module_file}.recompute_applies", lambda *args: False)
-                plain, _ = _run(plain_m, plain_m, xl, gout)
+            if train or impl.module_mode is None:
+                assert impl.applies(fast_m, xl.detach().requires_grad_(True))[0]
+                fast, gout = _run(fast_m, lambda t, mod=fast_m: impl.run(mod, t), xl)
+            else:  # sk.recompute needs BatchNorm in training mode: the module's own call
+                fast, gout = _run(fast_m, fast_m, xl)
+            plain_out, _ = _run(plain_m, lambda t, mod=plain_m: plain(mod, t), xl, gout)
             labels = ["output", "input grad"] + [f"grad of {n}" for n, _ in m.named_parameters()]
-            for label, p, q in zip(labels, fast, plain, strict=True):
+            for label, p, q in zip(labels, fast, plain_out, strict=True):
                 assert torch.equal(p, q), f"{case}, {dtype}, {layout}, train={train}: {label}"
             for (n, p), (_, q) in zip(fast_m.named_buffers(), plain_m.named_buffers(), strict=True):
                 assert torch.equal(p, q), f"{case}, {dtype}, {layout}, train={train}: {n}"
@@ -130,24 +86,26 @@ def test_training_saves_at_most_the_stated_bound(name):
         x = torch.randn(shape)
         saved = saved_multiple(m, x)
         assert saved <= SAVED_AT_MOST[name], f"{name} at {shape} saves {saved:.3f} input sizes"
-        reference = saved_multiple(m, x, m.forward_reference)
+        reference = saved_multiple(m, x, formula(m))
         assert reference >= REFERENCE_AT_LEAST[name], f"{name}: the plain formula saves {reference:.3f}"
 
 
 @pytest.mark.parametrize("name", ["sk", "bam", "encnet"])
 def test_plain_ops_without_autograd(name):
-    """No grad, or nothing requiring grad: the plain path (the reference for bam and encnet; sk
-    keeps its own in-place inference path)."""
+    """No grad, or nothing requiring grad: the training path does not apply (bam and encnet run
+    their formula; sk keeps its own inference path)."""
     m = chanattn.create(name, 32).train()
     x = torch.randn(3, 32, 6, 5)
-    assert recompute_applies(x, m)  # the parameters require grad
+    impl = IMPLS[TRAINING_PATH[name]]
+    assert impl.applies(m, x)[0]  # the parameters require grad
+    assert explain(m, x).chosen == impl.name
     with torch.no_grad():
-        assert not recompute_applies(x, m)
+        ok, why = impl.applies(m, x)
+        assert not ok and "does not record" in why
         if name != "sk":
-            a, b = copy.deepcopy(m), copy.deepcopy(m)
-            assert torch.equal(a(x), b.forward_reference(x))
+            assert explain(m, x).chosen == "formula"
     m.requires_grad_(False)
-    assert not recompute_applies(x, m)  # nothing requires grad: nothing records
+    assert not impl.applies(m, x)[0]  # nothing requires grad: nothing records
 
 
 @pytest.mark.parametrize("name", ["sk", "bam", "encnet"])
@@ -173,24 +131,28 @@ def test_autocast_runs_the_plain_layers(name):
     m = chanattn.create(name, 32).train()
     x = torch.randn(2, 32, 7, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not recompute_applies(x, m)
+        ok, why = IMPLS[TRAINING_PATH[name]].applies(m, x)
+        assert not ok and "autocast" in why
         y = m(x)
     y.float().sum().backward()
     assert torch.isfinite(x.grad).all()
 
 
-def test_encoding_layer_alone_keeps_no_copy_of_its_input():
+def test_encoding_layer_product_keeps_no_copy_of_its_input():
+    """encnet.recompute's Encoding layer: the same values and gradients as the layer's own forward,
+    bit for bit, without the folded copy of its input that autograd keeps for ``x @ d.t()``."""
+    from chanattn.fast.encnet import _encoding
     from chanattn.modules.encnet import Encoding
 
     enc = Encoding(64, num_codes=32)
     x = torch.randn(2, 64, 14, 15)  # contiguous: x @ d.t() on its (B, N, D) view would copy it
-    fast, gout = _run(enc, enc, x)
-    ref, _ = _run(enc, enc.forward_reference, x, gout)
+    fast, gout = _run(enc, lambda t: _encoding(enc, t), x)
+    ref, _ = _run(enc, enc, x, gout)
     for a, b in zip(fast, ref, strict=True):
         assert torch.equal(a, b)
     # x (a view), the (B, N, K) distances and assignments (K/C = 0.5 each), small (B, K) tensors
-    assert saved_multiple(enc, x) < 2.1
-    assert saved_multiple(enc, x, enc.forward_reference) > 2.9
+    assert saved_multiple(enc, x, lambda t: _encoding(enc, t)) < 2.1
+    assert saved_multiple(enc, x) > 2.9
 
 
 @pytest.mark.parametrize("name", ["bam", "encnet"])
@@ -199,14 +161,14 @@ def test_compiled_training_step_uses_the_plain_ops(name):
     m = chanattn.create(name, 16).train()
     x = torch.randn(4, 16, 7, 5)
     r = copy.deepcopy(m)
-    ref, gout = _run(r, r.forward_reference, x)
+    ref, gout = _run(r, formula(r), x)
     compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
     out, _ = _run(m, compiled, x, gout)
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-# -- chanattn.recompute.conv_bn_relu on its own --------------------------------------------------
+# -- chanattn.fast.recompute.conv_bn_relu on its own-----------------------------------------------
 
 BLOCKS = {
     "3x3": dict(conv=dict(kernel_size=3, padding=1, bias=False), bn={}),

@@ -1,8 +1,8 @@
-"""The training forwards of gsop, bilinear and c3 that save less for backward (autograd Functions
-in the modules and chanattn.recompute) against each module's ``forward_reference``: outputs and
-gradients (input and every parameter) across shapes, dtypes, memory layouts, train and eval;
-BatchNorm running statistics after a training step; what a training forward saves; and the plain
-ops wherever autograd does not record."""
+"""The training paths of gsop, bilinear and c3 that save less for backward (autograd Functions in
+chanattn.fast and chanattn.fast.recompute) against the formula, beyond the contract of
+tests/test_fast_contract.py: frozen parameters or input, BatchNorm variants over several steps,
+gradcheck, torch.func; what a training forward saves; and the plain ops wherever autograd does not
+record."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import chanattn
-from chanattn.modules import bilinear as bilinear_mod
-from chanattn.modules import c3 as c3_mod
-from chanattn.modules import gsop as gsop_mod
-from conftest import assert_matches_reference, randomise_norms, saved_multiple
+from chanattn.fast import bilinear as bilinear_mod
+from chanattn.fast import c3 as c3_mod
+from chanattn.fast import gsop as gsop_mod
+from conftest import formula, randomise_norms, saved_multiple
 
 # case: (registry name, kwargs). gsop's default c' = 128 is larger than x (the convolution is
 # recomputed in the backward); rd_channels=8 and stride 2 make it smaller (its output is kept).
@@ -33,16 +33,6 @@ CASES = {
     "c3-native-size": ("c3", {"spatial_size": (7, 9)}),  # no resampling at 7x9
 }
 
-# B, C, H, W: odd sizes, a 1x1 map, a batch of one (in training only where the module accepts it:
-# bilinear's inner BatchNorm normalises pooled features).
-SHAPES = [(2, 48, 7, 9), (3, 16, 5, 5), (1, 48, 6, 6), (2, 16, 1, 1)]
-TOL = 1e-4  # float32: error against the float64 result, relative to its norm (see _compare)
-
-
-def _trains(name: str, b: int) -> bool:
-    return b > 1 or name != "bilinear"
-
-
 def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None, x_grad: bool = True):
     x = x.detach().clone().requires_grad_(x_grad)
     y = fn(x)
@@ -53,51 +43,6 @@ def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None, x_grad: b
     return y.detach(), list(grads), gout
 
 
-def _labels(m: nn.Module, x_grad: bool = True) -> list[str]:
-    return ["output"] + (["input grad"] if x_grad else []) + [
-        f"grad of {n}" for n, p in m.named_parameters() if p.requires_grad]
-
-
-def _compare(case: str, m: nn.Module, x: torch.Tensor, train: bool) -> None:
-    m.train(train)
-    truth_m = copy.deepcopy(m).double()
-    ref_m = copy.deepcopy(m)  # its own running statistics: each copy takes one training step
-    fast = _run(m, m.forward, x, None)
-    ref = _run(ref_m, ref_m.forward_reference, x, fast[2])
-    where = (f"{case}, {tuple(x.shape)}, {x.dtype}, train={train}, "
-             f"channels_last={not x.is_contiguous()}")
-    for (na, a), (nb, b) in zip(m.named_buffers(), ref_m.named_buffers(), strict=True):
-        assert torch.equal(a, b), f"{where}: buffer {na} differs from the reference's ({nb})"
-
-    def truth():
-        t = _run(truth_m, truth_m.forward_reference, x.double(), fast[2].double())
-        return [t[0], *t[1]]
-
-    # scale at least TOL * 1e-2: a gradient that is zero in exact arithmetic (the bias of a
-    # convolution before a BatchNorm in training) is rounding noise in both
-    assert_matches_reference(where, _labels(m), [fast[0], *fast[1]], [ref[0], *ref[1]], truth,
-                             tol=TOL, scale_floor=1e-2)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_reference(case, dtype):
-    name, kwargs = CASES[case]
-    g = torch.Generator().manual_seed(1)
-    for b, c, h, w in SHAPES:
-        if case == "c3-native-size" and (h, w) != (7, 9):
-            continue
-        m = chanattn.create(name, c, **kwargs)
-        randomise_norms(m)
-        m = m.to(dtype)
-        x = torch.randn(b, c, h, w, generator=g).to(dtype)
-        for layout in (torch.contiguous_format, torch.channels_last):
-            for train in (True, False):
-                if train and not _trains(name, b):
-                    continue
-                _compare(case, m, x.contiguous(memory_format=layout), train)
-
-
 @pytest.mark.parametrize("name", ["gsop", "bilinear", "c3"])
 def test_frozen_parameters_or_input(name):
     """Gradients where only the parameters, or only the input, require them."""
@@ -106,13 +51,13 @@ def test_frozen_parameters_or_input(name):
     x = torch.randn(3, 32, 7, 7)
     ref_m = copy.deepcopy(m)
     fast = _run(m, m.forward, x, None, x_grad=False)
-    ref = _run(ref_m, ref_m.forward_reference, x, fast[2], x_grad=False)
+    ref = _run(ref_m, formula(ref_m), x, fast[2], x_grad=False)
     for a, b in zip([fast[0], *fast[1]], [ref[0], *ref[1]], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for mod in (m, ref_m):
         mod.requires_grad_(False)
     fast = _run(m, m.forward, x, None)
-    ref = _run(ref_m, ref_m.forward_reference, x, fast[2])
+    ref = _run(ref_m, formula(ref_m), x, fast[2])
     assert len(fast[1]) == 1
     for a, b in zip([fast[0], *fast[1]], [ref[0], *ref[1]], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -138,7 +83,7 @@ def test_batchnorm_variants(name, case):
         for train in (True, False):
             m.train(train), ref_m.train(train)
             fast = _run(m, m.forward, x, None)
-            ref = _run(ref_m, ref_m.forward_reference, x, fast[2])
+            ref = _run(ref_m, formula(ref_m), x, fast[2])
             for a, b in zip([fast[0], *fast[1]], [ref[0], *ref[1]], strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     for (na, a), (_, b) in zip(m.named_buffers(), ref_m.named_buffers(), strict=True):
@@ -200,7 +145,7 @@ def test_compiled_training_uses_the_plain_ops(monkeypatch):
     torch._dynamo.reset()
     m = chanattn.create("c3", 16).train()
     x = torch.randn(2, 16, 9, 9, requires_grad=True)
-    ya = m.forward_reference(x)
+    ya = formula(m)(x)
     _forbid_functions(monkeypatch, "c3")
     yb = torch.compile(m, backend="eager", fullgraph=True)(x)
     torch.testing.assert_close(yb, ya)
@@ -217,7 +162,7 @@ def test_double_backward_raises():
 # -- what a training forward saves -------------------------------------------------------------
 
 
-# name: (at most, at least for forward_reference) at benchmarks/activations.py's two shapes
+# name: (at most, at least for the formula) at benchmarks/activations.py's two shapes
 SAVED = {
     "gsop": {(8, 64, 28, 28): (1.70, 8.6), (8, 256, 14, 14): (2.20, 4.1)},
     "bilinear": {(8, 64, 28, 28): (2.30, 4.5), (8, 256, 14, 14): (2.70, 5.7)},
@@ -233,7 +178,7 @@ def test_training_saves_at_most_what_is_stated(name):
         x = torch.randn(shape)
         saved = saved_multiple(m, x)
         assert saved <= at_most, f"{name} at {shape} saves {saved:.3f} input sizes for backward"
-        ref = saved_multiple(m, x, m.forward_reference)
+        ref = saved_multiple(m, x, formula(m))
         assert ref >= reference_at_least, f"{name} at {shape}: the reference saves {ref:.3f}"
 
 
@@ -247,5 +192,5 @@ def test_torch_func_grad(name):
     m.train(name == "c3")
     x = torch.randn(2, 16, 5, 5, dtype=torch.float64)
     g = torch.func.grad(lambda inp: m(inp).pow(2).sum())(x)
-    ref = torch.func.grad(lambda inp: m.forward_reference(inp).pow(2).sum())(x)
+    ref = torch.func.grad(lambda inp: formula(m)(inp).pow(2).sum())(x)
     torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-9)

@@ -96,12 +96,11 @@ def test_soca_rejects_bad_arguments():
         SoCA(16, eps=0.0)
 
 
-def test_recomputed_iterations_give_the_same_gradients_and_save_less(monkeypatch):
+def test_recomputed_iterations_give_the_same_gradients_and_save_less():
     """Training recomputes the Newton-Schulz iterations in the backward (activation
-    checkpointing): the same gradients as keeping them, a fraction of the saved memory."""
+    checkpointing, chanattn.fast's soca.checkpoint): the same gradients as the formula keeping
+    them, a fraction of the saved memory."""
     from torch.autograd.graph import saved_tensors_hooks
-
-    import chanattn.modules.soca as soca_module
 
     torch.manual_seed(0)
     m = chanattn.create("soca", 64).double()
@@ -121,9 +120,10 @@ def test_recomputed_iterations_give_the_same_gradients_and_save_less(monkeypatch
                                     [xi, *m.parameters()])
         return y.detach(), grads, sum(saved.values())
 
+    assert chanattn.explain(m, x.clone().requires_grad_(True)).chosen == "soca.checkpoint"
     y1, g1, saved1 = run()
-    monkeypatch.setattr(soca_module, "eager_fast_path", lambda: False)
-    y2, g2, saved2 = run()
+    with chanattn.fast_paths(False):
+        y2, g2, saved2 = run()
     torch.testing.assert_close(y1, y2)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)

@@ -42,6 +42,8 @@ _EXPORTS = {
     "push_to_hub": ".hub",
     "save_pretrained": ".hub",
     "timm_layer": ".timm_compat",
+    "explain": ".fast",
+    "fast_paths": ".fast",
 }
 
 __all__ = [
@@ -57,6 +59,8 @@ __all__ = [
     "create",
     "create_model",
     "create_paper_model",
+    "explain",
+    "fast_paths",
     "from_pretrained",
     "list_models",
     "list_modules",
@@ -75,6 +79,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .errors import ChanattnError
+    from .fast import explain, fast_paths
     from .hub import from_pretrained, load_model, push_to_hub, save_pretrained
     from .layers import AttentionModule, no_weight_decay_names
     from .models import attach, count_macs, create_model, list_models, param_groups

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, InputTypeError
+from .fast.registry import dispatching
 
 __all__ = [
     "TIMM_SLOT_KWARGS",
@@ -161,11 +162,16 @@ def _with_factory_kwargs(init: Callable) -> Callable:
 
 
 class AttentionModule(nn.Module):
-    """Base class of every registered module: keeps ``channels`` and checks inputs.
+    """Base class of every registered module: keeps ``channels``, checks inputs, and sends each
+    call to a fast implementation where one is registered and applies.
 
-    Subclasses call ``self._check_input(x)`` first in ``forward``; it raises a ValueError or
-    TypeError that names the module, what it expected and what came, instead of a failure deep
-    inside torch.
+    Subclasses write ``forward`` as the paper's formula and call ``self._check_input(x)`` first; it
+    raises a ValueError or TypeError that names the module, what it expected and what came,
+    instead of a failure deep inside torch. Each subclass's ``forward`` is wrapped when the class
+    is defined (:func:`chanattn.fast.registry.dispatching`): a call runs the first fast
+    implementation registered for the class in :mod:`chanattn.fast` that applies to it, else the
+    formula (:func:`chanattn.explain` says which and why; ``chanattn.fast_paths(False)`` runs the
+    formula everywhere).
 
     Every subclass's constructor also takes ``device=None, dtype=None`` (as torch's layers do; the
     meta device included) and the keyword arguments timm's attention slots pass
@@ -177,6 +183,9 @@ class AttentionModule(nn.Module):
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _with_factory_kwargs(cls.__dict__["__init__"])
+        formula = cls.__dict__.get("forward")
+        if formula is not None and not hasattr(formula, "_formula_owner"):
+            cls.forward = dispatching(cls, formula)
 
     registry_name: str = ""
     kind: str = ""

@@ -172,7 +172,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
         info["timm"] = None
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    from .. import native  # builds the kernel on first use, so the figures say whether it ran
+    from ..fast import native  # builds the kernel on first use, so the figures say whether it ran
 
     info["native_kernels"] = native.status().describe()
     return info

@@ -40,6 +40,7 @@ _EXPORTS = {
     "ATOL": ".formats",
     "FORMATS": ".formats",
     "ONNX_OPSET": ".formats",
+    "SUFFIXES": ".formats",
     "ExportError": "..errors",
     "ExportResult": ".backends",
     "KNOWN_LIMITATIONS": ".limitations",
@@ -59,6 +60,7 @@ __all__ = [
     "FORMATS",
     "KNOWN_LIMITATIONS",
     "ONNX_OPSET",
+    "SUFFIXES",
     "ExportError",
     "ExportResult",
     "Limitation",
@@ -78,6 +80,6 @@ if TYPE_CHECKING:
     from ..errors import ExportError
     from .api import export, export_model, export_module
     from .backends import ExportResult
-    from .formats import ATOL, FORMATS, ONNX_OPSET
+    from .formats import ATOL, FORMATS, ONNX_OPSET, SUFFIXES
     from .limitations import KNOWN_LIMITATIONS, Limitation
     from .support import load_support, model_support, module_support, randomise_norms, record

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ExportError, InputTypeError
+from ..errors import ChanattnError, ExportError, InputTypeError
+from ..io import atomic_path
 from .formats import ONNX_OPSET, normalise_format
 from .limitations import failure_reason, first_line, limitation_for
 
@@ -76,6 +77,8 @@ def _quiet() -> Iterator[None]:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", module=r"torch\.onnx.*|onnxscript.*")
+        # torch.export.load of a program whose tensors share storage (views of one buffer)
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
         yield
 
 
@@ -288,12 +291,31 @@ class Job:
                             None if self.path is None else str(self.path), artifact, notes)
 
 
+def _write(job: Job, fmt: str, save: Callable[[str], None]) -> None:
+    """``save(name)`` into a temporary file beside ``job.path``, renamed to it once whole
+    (:func:`chanattn.io.atomic_path`); a failure is an ExportError naming the file."""
+    try:
+        with atomic_path(job.path) as tmp:
+            save(tmp)
+    except Exception as exc:
+        raise ExportError(job.target, fmt, f"cannot write {job.path}: {failure_reason(exc)}") from exc
+
+
+def _read_back(job: Job, fmt: str, load: Callable[[str], Any]) -> Any:
+    """``load(path)`` of the file just written; a failure is an ExportError naming the file."""
+    try:
+        return load(str(job.path))
+    except Exception as exc:
+        raise ExportError(job.target, fmt, f"the written file {job.path} cannot be loaded back: "
+                                           f"{failure_reason(exc)}") from exc
+
+
 def _export_program(job: Job) -> ExportResult:
     fmt = "torch.export"
     cap = job.program(fmt)
     if job.path is not None:
-        torch.export.save(cap.program, str(job.path))
-        runnable = torch.export.load(str(job.path)).module()
+        _write(job, fmt, lambda name: torch.export.save(cap.program, name))
+        runnable = _read_back(job, fmt, lambda name: torch.export.load(name).module())
     else:
         runnable = cap.program.module()
     diff, batches = job.verify(fmt, runnable, cap.dynamic)
@@ -310,7 +332,7 @@ def _export_onnx(job: Job) -> ExportResult:
     except Exception as exc:
         raise ExportError(job.target, fmt, failure_reason(exc)) from exc
     if job.path is not None:
-        onnx_program.save(str(job.path))
+        _write(job, fmt, onnx_program.save)
         source: bytes | str = str(job.path)
     else:
         source = proto.SerializeToString()
@@ -339,8 +361,8 @@ def _export_torchscript(job: Job) -> ExportResult:
                                                    f"{failure_reason(exc2)}") from exc2
     runnable = scripted
     if job.path is not None:
-        torch.jit.save(scripted, str(job.path))
-        runnable = torch.jit.load(str(job.path))
+        _write(job, fmt, lambda name: torch.jit.save(scripted, name))
+        runnable = _read_back(job, fmt, torch.jit.load)
     try:
         dynamic = job.dynamic_batch
         diff, batches = job.verify(fmt, runnable, dynamic)
@@ -373,8 +395,16 @@ def prepare(module: nn.Module, example_input: torch.Tensor, fmt: str, target: st
 
 
 def run_export(job: Job, fmt: str) -> ExportResult:
+    """Export ``job`` along ``fmt``. The module's own input errors (eager mode, the example) come
+    first, unchanged; every failure of the export itself is an :class:`ExportError` with its
+    reason."""
     with _eval_mode(job.module), _quiet():
         with torch.no_grad():
             job.module(job.example)  # the module's own input errors come first, unchanged
-        return _EXPORTERS[fmt](job)
+        try:
+            return _EXPORTERS[fmt](job)
+        except ChanattnError:
+            raise
+        except Exception as exc:  # a failure no path above names: still one line, still an ExportError
+            raise ExportError(job.target, fmt, failure_reason(exc)) from exc
 

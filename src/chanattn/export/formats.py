@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from ..errors import InputError
 
-__all__ = ["ATOL", "FORMATS", "ONNX_OPSET", "normalise_format"]
+__all__ = ["ATOL", "FORMATS", "ONNX_OPSET", "SUFFIXES", "normalise_format"]
 
 FORMATS = ("torch.export", "onnx", "torchscript")
+
+#: The file name ending of each path's artifact.
+SUFFIXES = {"torch.export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
 
 #: The ONNX opset of the ``"onnx"`` path (torch 2.14's default; onnxruntime 1.18+ runs it).
 ONNX_OPSET = 20

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..errors import ExportError
 from ..io import write_json
 from .api import default_example, model_example
 from .backends import Job, prepare, run_export
-from .formats import ATOL, FORMATS, ONNX_OPSET
+from .formats import ATOL, FORMATS, ONNX_OPSET, SUFFIXES, normalise_format
 
 __all__ = ["SUPPORT_CHANNELS", "SUPPORT_IMAGENET_SIZE", "load_support", "model_support", "module_support",
            "randomise_norms", "record"]
@@ -47,12 +48,20 @@ def randomise_norms(module: nn.Module, seed: int = 1) -> None:
                     m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
-def _outcome(job: Job, fmt: str) -> dict[str, Any]:
-    try:
-        fmt, _ = prepare(job.module, job.example, fmt, job.target)
-        return run_export(job, fmt).support()
-    except ExportError as exc:
-        return {"ok": False, "reason": exc.reason}
+def _outcome(job: Job, fmt: str, directory: str | Path | None = None) -> dict[str, Any]:
+    """The outcome of ``job`` along ``fmt``, the artifact written to ``directory`` (default a
+    temporary one, removed afterwards) and checked as read back from the file."""
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="chanattn-export-"))
+        job.path = Path(directory) / f"{job.target}{SUFFIXES[normalise_format(fmt)]}"
+        try:
+            fmt, _ = prepare(job.module, job.example, fmt, job.target)
+            return run_export(job, fmt).support()
+        except ExportError as exc:
+            return {"ok": False, "reason": exc.reason}
+        finally:
+            job.path = None
 
 
 # One job per name, kept while its paths are checked in turn (the torch.export capture is shared by
@@ -80,21 +89,24 @@ def _model_job(arch: str) -> Job:
     return Job(model, model_example(arch, size), None, arch, ATOL, True)
 
 
-def module_support(name: str, fmt: str) -> dict[str, Any]:
+def module_support(name: str, fmt: str, directory: str | Path | None = None) -> dict[str, Any]:
     """The outcome of the registered module ``name`` along ``fmt``, as the results file records it:
-    ``{"ok": True, "via": ..., "dynamic_batch": ...}`` or ``{"ok": False, "reason": ...}``.
+    ``{"ok": True, "via": ..., "dynamic_batch": ...}`` or ``{"ok": False, "reason": ...}``. The
+    artifact is written (to ``directory`` as ``<name>.pt2``, ``.onnx`` or ``.pt``; default a
+    temporary directory) and checked as loaded back from the file.
 
     The module is built with its defaults at C = 32, seeded, with random BN statistics; the
     example is a (2, 32, 9, 7) batch (a non-square map, not the 8 x 8 or 7 x 7 grids that ``c3``,
     ``ge_theta`` and ``fca`` pool to, so that their resampling is exported too).
     """
-    return _outcome(_module_job(name), fmt)
+    return _outcome(_module_job(name), fmt, directory)
 
 
-def model_support(arch: str, fmt: str) -> dict[str, Any]:
+def model_support(arch: str, fmt: str, directory: str | Path | None = None) -> dict[str, Any]:
     """The outcome of the architecture ``arch`` (no attention) along ``fmt``: seeded, random BN
-    statistics, a batch of 2 at 32 x 32 (the CIFAR and plain families) or 64 x 64 (ImageNet, mobile)."""
-    return _outcome(_model_job(arch), fmt)
+    statistics, a batch of 2 at 32 x 32 (the CIFAR and plain families) or 64 x 64 (ImageNet, mobile);
+    written and read back as :func:`module_support`."""
+    return _outcome(_model_job(arch), fmt, directory)
 
 
 def record(path: str | Path, *, log: Callable[[str], None] | None = print) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..fast import fast_paths
+
 __all__ = ["count_macs", "count_params"]
 
 
@@ -26,6 +28,11 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224),
     products, pooling) are not counted, as in the papers' tables. The model runs in eval mode and
     without gradients (its mode is restored), so BN statistics are not touched.
 
+    Every attention module is counted on its formula (``chanattn.fast_paths(False)``): the work the
+    paper describes, whichever fast implementation a call would take (some compute a small layer
+    element-wise, which the counter does not see; CBAM's native operator has a FLOP formula of its
+    own, equal to the formula's count, for counters run around it).
+
     Args:
         model: the model.
         input_size: (B, C, H, W) of a random input (batch 1 gives per-image MACs).
@@ -41,7 +48,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224),
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), fast_paths(False), FlopCounterMode(display=False) as counter:
             model(inputs)
     finally:
         model.train(was_training)

@@ -8,7 +8,6 @@ from torch import nn
 
 from ..errors import InputError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
-from ..recompute import recompute_applies
 from ..registry import register
 
 __all__ = ["BottleneckAttention"]
@@ -40,13 +39,6 @@ class BottleneckAttention(AttentionModule):
         num_dilated: how many of them (default 2).
         fusion: ``"mul"`` (default, official code) or ``"sum"`` (paper).
         act_layer: default ``"relu"``; gate_layer: default ``"sigmoid"``.
-
-    Training (autograd recording, eager): the last step, x * (1 + g) with g = sigmoid(a), is an
-    autograd Function (:class:`_OnePlusGate`) that saves x and g, which the sigmoid keeps anyway,
-    and not 1 + g (the backward adds the 1 again): 2.4 input sizes with the spatial branch's
-    (B, C/r, H, W) activations, where the plain formula (``forward_reference``) keeps 3.4.
-    Recomputing the sigmoid from the small Mc and Ms instead (1.4 input sizes) made the training
-    step 20-40% slower on CPU (one thread, 8x64x28x28): not done.
     """
 
     batchnorm_on_pooled = True  # the channel branch's BN sees (B, C/r) vectors
@@ -86,17 +78,6 @@ class BottleneckAttention(AttentionModule):
         self.gate = create_act(gate_layer, owner=owner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not recompute_applies(x, self):
-            return self.forward_reference(x)
-        self._check_input(x)
-        mc = self.channel_att(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
-        ms = self.spatial_att(x)  # (B, 1, H, W)
-        a = mc * ms if self.fusion == "mul" else mc + ms  # (B, C, H, W)
-        # x * (1 + gate(a)) without keeping 1 + gate(a) (the sigmoid keeps its output anyway)
-        return _OnePlusGate.apply(x, self.gate(a))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula (also the path without autograd)."""
         self._check_input(x)
         mc = self.channel_att(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
         ms = self.spatial_att(x)  # (B, 1, H, W)
@@ -106,25 +87,3 @@ class BottleneckAttention(AttentionModule):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
                 f"dilation={self.dilation}, fusion={self.fusion!r}")
-
-
-class _OnePlusGate(torch.autograd.Function):
-    """y = x * (1 + s); saves x and s, not 1 + s (the backward adds the 1 again: the same values,
-    bit for bit). Under plain autograd s is also kept by the sigmoid that made it, so that the
-    plain formula keeps x, s and 1 + s, and this keeps x and s."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return x * (1 + s)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        x, s = ctx.saved_tensors
-        gx = torch.add(s, 1).mul_(g) if ctx.needs_input_grad[0] else None  # (1 + s) * g, one buffer
-        gs = g * x if ctx.needs_input_grad[1] else None
-        return gx, gs

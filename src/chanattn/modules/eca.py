@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..functional import conv1d_channels
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
 from ..registry import Stage, register
 
@@ -52,8 +51,6 @@ class EfficientChannelAttention(AttentionModule):
     The kernel size k adapts to C (:func:`eca_kernel_size`); the official ImageNet weights were
     trained with hand-set k = 3, 5, 5, 7 per stage, which ``kernel_size=`` reproduces.
 
-    ``forward`` computes the 1-D convolution as k shifted multiply-adds on CPU without autograd
-    (:func:`chanattn.functional.conv1d_channels`); ``forward_reference`` is the plain formula.
     Training saves x and the (B, C, 1, 1) gate.
 
     Args:
@@ -77,13 +74,6 @@ class EfficientChannelAttention(AttentionModule):
         self.gate = create_act(gate_layer, owner=owner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        b, c = x.shape[:2]
-        s = conv1d_channels(x.mean((2, 3)), self.conv.weight)  # (B, C)
-        return x * self.gate(s.view(b, c, 1, 1))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests: GAP, ``nn.Conv1d`` over the channels, gate, product."""
         self._check_input(x)
         b, c = x.shape[:2]
         s = x.mean((2, 3)).view(b, 1, c)  # (B, 1, C): channels as a sequence

@@ -29,8 +29,8 @@ class EfficientChannelAttentionNS(AttentionModule):
     shares one kernel among all channels. As the official ``eca_ns.py``: a window of k channels
     centred on i (its ``unfold`` with padding (k-1)/2), weights stored as a depthwise
     ``Conv1d(C, C, k, groups=C, bias=False)`` with that layer's default initialisation.
-    ``forward`` sums the k shifted copies of the zero-padded pooled vector, each times its column
-    of weights.
+    ``forward`` multiplies each channel's window of k entries of the zero-padded pooled vector by
+    its row of weights.
 
     Args:
         channels: input channels C.
@@ -62,8 +62,9 @@ class EfficientChannelAttentionNS(AttentionModule):
         b, c = x.shape[:2]
         k = self.kernel_size
         y = F.pad(x.mean((2, 3)), ((k - 1) // 2, (k - 1) // 2))  # (B, C + k - 1), zeros at the ends
-        weight = self.conv.weight.view(c, k)
-        s = sum(y[:, j:j + c] * weight[:, j] for j in range(k))  # (B, C): s_i = sum_j w_i^j y_{i+j-p}
+        # (B, C): s_i = sum_j w_i^j y_{i+j-p}, over the k-windows of the padded vector (a batched
+        # product, so that count_macs sees its k C multiply-adds per sample)
+        s = torch.einsum("bcj,cj->bc", y.unfold(1, k, 1), self.conv.weight.view(c, k))
         return x * self.gate(s.view(b, c, 1, 1))
 
     def extra_repr(self) -> str:

@@ -11,7 +11,6 @@ from torch import nn
 
 from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
-from ..recompute import conv_bn_relu, conv_bn_relu_applies, recompute_applies
 from ..registry import register
 
 __all__ = ["ContextEncoding", "Encoding", "se_loss_targets"]
@@ -40,13 +39,6 @@ class Encoding(nn.Module):
     paper's s_k ~ U(0, 1) and the softmax takes -s_k * dist: the same map and initial values.
     Neither constrains s_k to stay positive during training.
 
-    Under autograd (eager, no autocast) ``forward`` keeps no copy of its input: the centred x is
-    a new (B, N, D) tensor, and ``x @ d.t()`` on the (B, N, D) transposed view of a contiguous map
-    folds it into a (B*N, D) matrix, copies autograd would keep; two autograd Functions
-    (:class:`_CentredDistances`, :class:`_CentredAggregate`) compute the same and centre x again
-    in the backward (the same values and gradients as the plain formula, bit for bit on CPU). The
-    plain formula is ``forward_reference``.
-
     Args:
         channels: D, the feature dimension (channels of the input map).
         num_codes: K, the number of codewords (default 32, EncNet's).
@@ -72,18 +64,15 @@ class Encoding(nn.Module):
         m = self.codewords.detach().mean(0)
         return m, self.codewords - m
 
-    def assignments(self, x: torch.Tensor, refold: bool = False) -> torch.Tensor:
-        """The soft assignments a_ik, (B, N, K), of the features of ``x`` (B, N, D).
+    def assignments(self, x: torch.Tensor) -> torch.Tensor:
+        """The soft assignments a_ik, (B, N, K), of the features of ``x`` (B, N, D)."""
+        return self._assign(x, *self.centre())
 
-        ``refold``: the distances by :class:`_CentredDistances` (autograd keeps x, not the
-        centred copy) rather than the plain ops; the same values and gradients."""
-        m, dc = self.centre()
-        return self._assign(x, m, dc, refold)
-
-    def _assign(self, x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor, refold: bool) -> torch.Tensor:
-        # ||x_i - d_k||^2 = ||x_i - m||^2 - 2 (x_i - m).(d_k - m) + ||d_k - m||^2 (B, N, K)
-        q = _CentredDistances.apply(x, m, dc) if refold else _centred_distances(x - m, dc)
-        dist = q + (dc * dc).sum(-1)
+    def _assign(self, x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+        xc = x - m  # (B, N, D)
+        # ||x_i - d_k||^2 = ||xc_i||^2 - 2 xc_i.dc_k + ||dc_k||^2 (B, N, K), the terms in this order
+        # (autograd sums the gradients of xc's uses in the order of the operations)
+        dist = ((xc * xc).sum(-1, keepdim=True) - 2 * (xc @ dc.t())) + (dc * dc).sum(-1)
         return torch.softmax(-self.smoothing * dist, dim=-1)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -93,30 +82,16 @@ class Encoding(nn.Module):
                 f"H, W) input, got shape {tuple(x.shape)}"
             )
 
-    def _encode(self, x: torch.Tensor, refold: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         b = x.shape[0]
         x = x.reshape(b, self.channels, -1).transpose(1, 2)  # (B, N, D)
         m, dc = self.centre()
-        if refold:
-            a = self._assign(x, m, dc, True)  # (B, N, K)
-            s = _CentredAggregate.apply(a, x, m)  # (B, K, D)
-        else:
-            xc = x - m  # (B, N, D)
-            a = torch.softmax(-self.smoothing * (_centred_distances(xc, dc) + (dc * dc).sum(-1)), dim=-1)
-            # where x's gradient is recorded, a second centred copy: x's gradient then sums the
-            # same two terms in the same order as the Functions' path (bit for bit)
-            s = _centred_aggregate(a, x - m if torch.is_grad_enabled() and x.requires_grad else xc)
-        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik (x_i - m) - (sum_i a_ik) (d_k - m)
-        return s - a.sum(1).unsqueeze(-1) * dc  # (B, K, D)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return self._encode(x, refold=recompute_applies(x, self))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula."""
-        self._check(x)
-        return self._encode(x, refold=False)
+        a = self._assign(x, m, dc)  # (B, N, K)
+        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik (x_i - m) - (sum_i a_ik) (d_k - m); x - m
+        # centred again here, so that x's gradient is the sum of two terms (the distances' and
+        # this product's), as in chanattn.fast.encnet's Functions
+        return a.transpose(1, 2) @ (x - m) - a.sum(1).unsqueeze(-1) * dc  # (B, K, D)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_codes={self.num_codes}"
@@ -155,17 +130,6 @@ class ContextEncoding(AttentionModule):
     head's parameters get gradients only through :meth:`forward_with_se_loss` (with distributed
     data parallel, train through it or set ``find_unused_parameters=True``).
 
-    Training (autograd recording, eager): the first conv-BN-ReLU is one autograd Function
-    (:func:`chanattn.recompute.conv_bn_relu`) that saves x, its output (which the Encoding layer
-    keeps anyway) and BN's statistics, and recomputes the 1x1 convolution in the backward rather
-    than keeping its output; the Encoding layer does not copy its input (see :class:`Encoding`);
-    the final relu(x * (1 + gamma)) is a Function (:class:`_GatedReLU`) that saves x and gamma,
-    not its output. About 3.1 input sizes at C = 64, K = 32 (x, the ReLU's output, the (B, N, K)
-    distances and assignments), where the plain formula (``forward_reference``) keeps 6.1. The
-    values, gradients and running statistics are those of the plain formula, bit for bit on CPU.
-    The recomputed convolution costs about a tenth of a training step on CPU (one thread, C = 64
-    and 256); the other two changes cost one pass over x each in the backward.
-
     Args:
         channels: input channels C.
         num_codes: K, the number of codewords (default 32).
@@ -197,26 +161,10 @@ class ContextEncoding(AttentionModule):
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, e): the output and the encoded context vector e, (B, C)."""
-        if not recompute_applies(x, self):
-            return self._encode_reference(x)
-        self._check_input(x)
-        self._require_batch_stats(x.shape[0] * x.shape[2] * x.shape[3])  # the first BN
-        if conv_bn_relu_applies(self.conv, self.bn, self.act):
-            u = conv_bn_relu(x, self.conv, self.bn, save="output")  # (B, C, H, W)
-        else:
-            u = self.act(self.bn(self.conv(x)))
-        codes = self.act_codes(self.bn_codes(self.encoding(u)))  # (B, K, C)
-        e = codes.mean(1)  # (B, C)
-        gamma = self.gate(self.fc(e))[:, :, None, None]  # (B, C, 1, 1)
-        y = _GatedReLU.apply(x, gamma) if self.final_relu else x * (1 + gamma)
-        return y, e
-
-    def _encode_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(y, e) by the plain formula."""
         self._check_input(x)
         self._require_batch_stats(x.shape[0] * x.shape[2] * x.shape[3])  # the first BN
         u = self.act(self.bn(self.conv(x)))  # (B, C, H, W)
-        codes = self.act_codes(self.bn_codes(self.encoding.forward_reference(u)))  # (B, K, C)
+        codes = self.act_codes(self.bn_codes(self.encoding(u)))  # (B, K, C)
         e = codes.mean(1)  # (B, C)
         gamma = self.gate(self.fc(e))[:, :, None, None]  # (B, C, 1, 1)
         y = x * (1 + gamma)
@@ -226,10 +174,6 @@ class ContextEncoding(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(x)[0]
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests (also the path without autograd)."""
-        return self._encode_reference(x)[0]
 
     def forward_with_se_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, logits): the output and the SE-loss class-presence logits, (B, num_classes).
@@ -248,99 +192,6 @@ class ContextEncoding(AttentionModule):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_codes={self.num_codes}, "
                 f"num_classes={self.num_classes}, final_relu={self.final_relu}")
-
-
-def _centred_distances(xc: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
-    """||xc_i||^2 - 2 xc_i.dc_k, (B, N, K), for xc = x - m (B, N, D), dc (K, D): the plain ops,
-    whose backward :class:`_CentredDistances` reproduces."""
-    return (xc * xc).sum(-1, keepdim=True) - 2 * (xc @ dc.t())
-
-
-def _centred_aggregate(a: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
-    """sum_i a_ik xc_i, (B, K, D), for a (B, N, K), xc = x - m (B, N, D): the plain op, whose
-    backward :class:`_CentredAggregate` reproduces."""
-    return a.transpose(1, 2) @ xc
-
-
-class _CentredDistances(torch.autograd.Function):
-    """:func:`_centred_distances` saving x (as given, a view), m and dc rather than the centred x
-    (and the folded copy ``torch.matmul`` makes of a non-contiguous one): the backward centres x
-    again and runs the plain ops' backward formulas in autograd's order (the same gradients, bit
-    for bit). m is a constant (no gradient)."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
-        b, n, dim = x.shape
-        xc = x - m
-        # matmul folds (B, N, D) @ (D, K) into one mm on a (B*N, D) matrix
-        p = torch.mm(xc.reshape(b * n, dim), dc.t()).view(b, n, dc.shape[0])
-        return (xc * xc).sum(-1, keepdim=True) - 2 * p
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        x, m, dc = ctx.saved_tensors
-        b, n, dim = x.shape
-        xc = x - m
-        gp = (-g * 2).reshape(b * n, dc.shape[0])  # of the products (sub, then the scalar mul)
-        gx = None
-        if ctx.needs_input_grad[0]:
-            # autograd's order: the product's gradient first, then the square's two factors
-            gsq = g.sum(-1, keepdim=True).expand(x.shape) * xc
-            gx = gp.mm(dc).view(b, n, dim) + gsq + gsq
-        # autograd's mm backward for the column-major dc.t(): (g^T xc)^T, transposed back for dc
-        gdc = gp.t().mm(xc.reshape(b * n, dim)) if ctx.needs_input_grad[2] else None
-        return gx, None, gdc
-
-
-class _CentredAggregate(torch.autograd.Function):
-    """:func:`_centred_aggregate` saving a, x (as given) and m rather than the centred x: the
-    backward centres x again and runs ``bmm``'s backward (the same gradients, bit for bit). m is a
-    constant (no gradient)."""
-
-    @staticmethod
-    def forward(a: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(a.transpose(1, 2), x - m)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        a, x, m = ctx.saved_tensors
-        # bmm's backward: (a^T)' = g xc^T, transposed back for a; xc' = (a^T)^T g = a g
-        ga = g.bmm((x - m).transpose(1, 2)).transpose(1, 2) if ctx.needs_input_grad[0] else None
-        gx = a.bmm(g) if ctx.needs_input_grad[1] else None
-        return ga, gx, None
-
-
-class _GatedReLU(torch.autograd.Function):
-    """y = relu(x * (1 + gamma)), gamma (B, C, 1, 1); saves x and gamma, not y: the backward
-    recomputes x * (1 + gamma) (the same values, bit for bit) for the ReLU's mask."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        return (x * (1 + gamma)).relu_()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        x, gamma = ctx.saved_tensors
-        scale = 1 + gamma
-        g = torch.ops.aten.threshold_backward(g, x * scale, 0)  # the ReLU's backward
-        gx = g * scale if ctx.needs_input_grad[0] else None
-        ggamma = (g * x).sum((2, 3), keepdim=True) if ctx.needs_input_grad[1] else None
-        return gx, ggamma
 
 
 def se_loss_targets(target: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:

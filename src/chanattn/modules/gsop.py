@@ -4,33 +4,13 @@ the covariance-pooling head that GSoP-Net2 puts at the end of the network (iSQRT
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from ..errors import InputError, InputTypeError
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act
-from ..recompute import (
-    BNConfig,
-    ConvConfig,
-    bn_apply,
-    bn_args,
-    bn_backward,
-    bn_forward,
-    bn_saved,
-    recompute_applies,
-)
 from ..registry import Stage, register
-from .covariance import (
-    _no_autocast,
-    _working,
-    covariance_pool,
-    sqrtm_newton_schulz,
-    tril_vectorize,
-    triu_vectorize,
-)
+from .covariance import covariance_pool, sqrtm_newton_schulz, tril_vectorize, triu_vectorize
 
 __all__ = ["GSoP", "GSoPHead"]
 
@@ -38,77 +18,6 @@ __all__ = ["GSoP", "GSoPHead"]
 TRIANGLES = ("upper", "lower")
 
 _PAPER = "Global Second-order Pooling Convolutional Networks (CVPR 2019, arXiv:1811.12006)"
-
-
-@dataclass(frozen=True)
-class _Config:
-    pre_act: bool
-    conv: ConvConfig
-    bn: BNConfig
-
-
-class _ReducedCovariance(torch.autograd.Function):
-    """Cov(ReLU(BN(Conv1x1(ReLU(x))))) saving x, BN's per-channel statistics and, where it is no
-    larger than x, the convolution's output.
-
-    Autograd would keep ReLU(x) (the convolution's input), the convolution's output (BN's input),
-    the ReLU's output and the centred (B, c', N) matrix of the covariance: at C = 64, c' = 128 and
-    stride 1, each of the last three is 2x the input. The backward recomputes them from x (the
-    convolution only where its output is larger than x, then elementwise passes) and runs the
-    ops' own backward kernels (``threshold_backward``, ``native_batch_norm_backward``,
-    ``convolution_backward``). BN's running statistics are updated once, in the forward
-    (:mod:`chanattn.recompute`)."""
-
-    @staticmethod
-    def forward(x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, cfg: _Config):
-        r = torch.relu(x) if cfg.pre_act else x
-        z = cfg.conv.forward(r, conv_w, conv_b)
-        y, s1, s2 = bn_forward(z, bn_w, bn_b, running_mean, running_var, cfg.bn)
-        cov = covariance_pool(y.relu_())
-        # The convolution's output is kept where it is no larger than x (c' H' W' <= C H W: it then
-        # costs less to keep than the convolution costs to recompute), else recomputed from x.
-        return cov, (z if z.numel() <= x.numel() else z.new_empty(0)), s1, s2
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, cfg = inputs
-        _, z, s1, s2 = output
-        ctx.mark_non_differentiable(z, s1, s2)
-        ctx.set_materialize_grads(False)
-        ctx.cfg = cfg
-        stats = bn_saved(cfg.bn, running_mean, running_var, s1, s2)
-        ctx.save_for_backward(x, conv_w, conv_b, bn_w, bn_b, *stats, z if z.numel() else None)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gcov, _gz, _gs1, _gs2):
-        if gcov is None:
-            return (None,) * 8
-        x, conv_w, conv_b, bn_w, bn_b, stat1, stat2, z = ctx.saved_tensors
-        stats, cfg, need = (stat1, stat2), ctx.cfg, ctx.needs_input_grad
-        r = torch.relu(x) if cfg.pre_act else x
-        if z is None:
-            z = cfg.conv.forward(r, conv_w, conv_b)
-        a = bn_apply(z, bn_w, bn_b, stats, cfg.bn).relu_()
-        with _no_autocast(x.device):
-            f = _working(a).flatten(2)  # (B, c', N), as covariance_pool
-            n = f.shape[-1]
-            f = f - f.mean(-1, keepdim=True)
-            g = _working(gcov) / max(n, 1)
-            # cov = f f^T / n: df = (g + g^T) f. The centring's own backward subtracts the mean of
-            # df over N, which is (g + g^T) times the mean of f: zero, so it is left out.
-            df = torch.bmm(g + g.transpose(1, 2), f)
-        del f
-        da = df.to(a.dtype).reshape(a.shape)
-        dy = torch.ops.aten.threshold_backward(da, a, 0)
-        del da, a
-        dz, d_bn_w, d_bn_b = bn_backward(dy, z, bn_w, stats, cfg.bn, (True, need[3], need[4]))
-        del dy, z
-        dr, d_conv_w, d_conv_b = cfg.conv.backward(dz, r, conv_w, conv_b is not None, need[:3])
-        dx = None
-        if need[0]:
-            dx = torch.ops.aten.threshold_backward(dr, r, 0) if cfg.pre_act else dr
-        return dx, d_conv_w, d_conv_b, d_bn_w, d_bn_b, None, None, None
 
 
 def _official_stages(stage: Stage) -> dict | None:
@@ -160,12 +69,6 @@ class GSoP(AttentionModule):
         act_layer: activation after the row-wise convolution (default ``None``: none, the
             official code).
         gate_layer: the gate (default ``"sigmoid"``).
-
-    ``forward_reference`` is the plain formula. ``forward`` computes the same; in training (where
-    autograd records, in eager mode) the reduction and the covariance run as one autograd Function
-    that saves x and BN's statistics, plus the convolution's output where it is no larger than x,
-    and recomputes the rest in the backward: 1.7x the input is saved at 8x64x28x28 (8.7x by the
-    plain formula), 2.2x at 8x256x14x14 (4.2x).
     """
 
     def __init__(self, channels: int, rd_channels: int = 128, stride: int = 1, pre_act: bool = True,
@@ -187,30 +90,7 @@ class GSoP(AttentionModule):
         self.gate = create_act(gate_layer, owner=owner)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The channel factor, (B, C, 1, 1). Where autograd records (eager mode, no autocast), the
-        covariance of the reduced features comes from :class:`_ReducedCovariance`, which saves x
-        (and the convolution's output where it is no larger than x) and recomputes the rest in
-        the backward; otherwise the plain formula (``attention_reference``)."""
-        if not recompute_applies(x, self) or not self._plain_reduce():
-            return self.attention_reference(x)
-        conv, bn = self.conv_reduce, self.bn_reduce
-        conv_cfg = ConvConfig.of(conv)
-        shape = conv_cfg.output_shape(x, conv.weight)  # (B, c', H', W')
-        self._require_batch_stats(shape[0] * min(shape[2] * shape[3], self.rd_channels))  # both BNs
-        running_mean, running_var, bn_cfg = bn_args(bn, shape)
-        cov = _ReducedCovariance.apply(x, conv.weight, conv.bias, bn.weight, bn.bias, running_mean,
-                                       running_var, _Config(self.pre_act, conv_cfg, bn_cfg))[0]
-        return self._head(cov)
-
-    def _plain_reduce(self) -> bool:
-        """The reduction is what _ReducedCovariance computes: a plain 1x1 convolution, a BatchNorm2d
-        and a ReLU (not where a user swapped one of them)."""
-        conv = self.conv_reduce
-        return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.padding == (0, 0)
-                and type(self.bn_reduce) is nn.BatchNorm2d and type(self.act_reduce) is nn.ReLU)
-
-    def attention_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula of the channel factor, (B, C, 1, 1)."""
+        """The channel factor, (B, C, 1, 1)."""
         b = x.shape[0]
         z = torch.relu(x) if self.pre_act else x
         z = self.conv_reduce(z)  # (B, c', H', W')
@@ -241,11 +121,6 @@ class GSoP(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return x * self.attention(x)
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests."""
-        self._check_input(x)
-        return x * self.attention_reference(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rd_channels={self.rd_channels}, stride={self.stride}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import linear_1x1
 from ..layers import AttentionModule, LayerSpec, create_act, reduced_channels
 from ..registry import register
 
@@ -25,10 +24,6 @@ class SqueezeExcite(AttentionModule):
     Squeeze-and-Excitation (Hu et al., 2018). Defaults are the paper's: r = 16, ReLU, sigmoid,
     fully-connected layers with bias as in the official code (written as 1x1 convolutions on the
     pooled (B, C, 1, 1) tensor, which is the same map).
-
-    ``forward`` runs the 1x1 layers as matrix products on (B, C), in inference and in training
-    (:func:`chanattn.functional.linear_1x1`); ``forward_reference`` is the plain formula. One pass
-    to pool and one to rescale; training saves x and the (B, C, 1, 1) gate.
 
     Args:
         channels: input channels C.
@@ -53,19 +48,7 @@ class SqueezeExcite(AttentionModule):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
         self.gate = create_act(gate_layer, owner=owner)
 
-    def excite(self, s: torch.Tensor) -> torch.Tensor:
-        """The gate from pooled features ``s`` (B, C): (B, C, 1, 1). The 1x1 layers run as matrix
-        products on (B, C) (the same map as the convolutions on (B, C, 1, 1), faster)."""
-        b = s.shape[0]
-        h = self.act(linear_1x1(self.fc1, s).view(b, -1, 1, 1))
-        return self.gate(linear_1x1(self.fc2, h.flatten(1)).view(b, -1, 1, 1))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return x * self.excite(x.mean((2, 3)))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests: GAP, the two 1x1 convolutions, the gate, the product."""
         self._check_input(x)
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
         s = self.fc2(self.act(self.fc1(s)))
@@ -94,17 +77,10 @@ class SEVar1(AttentionModule):
         self._check_input(x)
         return x * self.gate(x.mean((2, 3), keepdim=True))
 
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula (the fast path is the same two operations)."""
-        return self.forward(x)
-
 
 @register("se_var2", title="SE-Var-2", paper=_ECA_PAPER, year=2020, kind="channel")
 class SEVar2(AttentionModule):
     """y = x * sigmoid(w ⊙ GAP(x)), w in R^C: one weight per channel (a depthwise 1x1 conv).
-
-    ``forward`` applies the depthwise layer as a per-channel affine map on (B, C) without
-    autograd; ``forward_reference`` is the plain formula.
 
     Args:
         channels: input channels C.
@@ -120,12 +96,6 @@ class SEVar2(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        b = x.shape[0]
-        return x * self.gate(linear_1x1(self.fc, x.mean((2, 3))).view(b, -1, 1, 1))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests: GAP, the 1x1 convolution, the gate, the product."""
-        self._check_input(x)
         return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
 
 
@@ -135,8 +105,6 @@ class SEVar3(AttentionModule):
 
     The same module as eSE (effective SE) of CenterMask/VoVNetV2. eSE's official code and timm's
     ``EffectiveSEModule`` use a bias and a hard sigmoid gate; the ECA paper writes a sigmoid.
-    ``forward`` runs the layer as a matrix product on (B, C) without autograd;
-    ``forward_reference`` is the plain formula.
 
     Args:
         channels: input channels C.
@@ -150,11 +118,5 @@ class SEVar3(AttentionModule):
         self.gate = create_act(gate_layer, owner=type(self).__name__)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        b = x.shape[0]
-        return x * self.gate(linear_1x1(self.fc, x.mean((2, 3))).view(b, -1, 1, 1))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain formula, for tests: GAP, the 1x1 convolution, the gate, the product."""
         self._check_input(x)
         return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
-from ..functional import eager_fast_path
 from ..layers import AttentionModule, LayerSpec, check_positive_int, create_act, reduced_channels
 from ..registry import register
 from .covariance import covariance_pool, sqrtm_newton_schulz
@@ -91,16 +89,8 @@ class SoCA(AttentionModule):
         square root of the covariance."""
         b, c = x.shape[0], x.shape[1]
         cov = covariance_pool(self._crop(x))  # (B, C, C)
-        if cov.requires_grad and eager_fast_path():
-            # Autograd would keep ~3 (B, C, C) matrices per Newton-Schulz iteration (23x the input
-            # at 8x256x14x14); recomputing the iterations in the backward keeps only cov (~3x).
-            z = checkpoint(self._root_mean, cov, use_reentrant=False)
-        else:
-            z = self._root_mean(cov)
+        z = sqrtm_newton_schulz(cov, self.num_iters, self.eps).mean(-1)  # (B, C)
         return z.reshape(b, c, 1, 1)
-
-    def _root_mean(self, cov: torch.Tensor) -> torch.Tensor:
-        return sqrtm_newton_schulz(cov, self.num_iters, self.eps).mean(-1)  # (B, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

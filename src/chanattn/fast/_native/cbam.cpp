@@ -1,4 +1,6 @@
-/* CBAM inference in one kernel: chanattn's native fast path (see chanattn/native.py).
+/* CBAM inference in one kernel: the custom operator chanattn::cbam_forward (see
+   chanattn/fast/native.py, which builds this file with torch.utils.cpp_extension and registers the
+   operator's fake implementation and FLOP formula).
 
    For each sample of a float32 NCHW tensor x (C channels, P = H * W positions):
      1. channel stage: avg[c], max[c] over the P positions (one read of the sample);
@@ -15,16 +17,20 @@
    order, NaN propagated by the maxima as torch.amax does); sums are accumulated in a different
    order than ATen's, so results agree to rounding, not bit for bit.
 
-   Samples are split over n_threads threads (contiguous ranges): OpenMP's where built with
-   -fopenmp, else POSIX threads started for the call. Every function returns 0 on
-   success, else a negative code (see chanattn/native.py). No global state. */
+   Samples are split over ATen's intra-op threads (at::parallel_for: torch's own OpenMP pool,
+   whatever runtime torch was built with), contiguous ranges of samples per thread. */
 
-#include <math.h>
-#include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+#include <torch/library.h>
 
-#define CHANATTN_CBAM_ABI 2
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 typedef struct {
     const float *x;
@@ -39,12 +45,6 @@ typedef struct {
     long kernel;
     float alpha, beta;
 } cbam_args;
-
-typedef struct {
-    const cbam_args *a;
-    long b0, b1;
-    int status;
-} cbam_job;
 
 static inline float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
 
@@ -195,26 +195,20 @@ static void spatial_gate(const cbam_args *a, const float *xs, const float *cg, f
     }
 }
 
-static void *run_job(void *arg) {
-    cbam_job *job = (cbam_job *)arg;
-    const cbam_args *a = job->a;
+/* Samples [b0, b1), with scratch memory of their own. */
+static void run_range(const cbam_args *a, long b0, long b1) {
     const long C = a->channels, P = a->height * a->width, R = a->hidden;
     const long pad = a->wc ? a->kernel / 2 : 0;
     const long padded = (a->height + 2 * pad) * (a->width + 2 * pad);
     /* gates cg (C) and sg (P); fc2's transpose (R * C); then the larger of the channel stage's
        (4 C + 2 R) and the spatial stage's (2 P + 2 padded) work space */
     const long chan = 4 * C + 2 * R, spat = 2 * P + 2 * padded;
-    const long need = C + P + R * C + (chan > spat ? chan : spat) + 16;
-    float *scratch = (float *)malloc(sizeof(float) * (size_t)need);
-    if (!scratch) {
-        job->status = -1;
-        return NULL;
-    }
-    float *cg = scratch, *sg = cg + C, *w2t = sg + P, *work = w2t + R * C;
+    std::vector<float> buffer((size_t)(C + P + R * C + (chan > spat ? chan : spat) + 16));
+    float *cg = buffer.data(), *sg = cg + C, *w2t = sg + P, *work = w2t + R * C;
     if (a->w1)
         for (long c = 0; c < C; ++c)
             for (long r = 0; r < R; ++r) w2t[r * C + c] = a->w2[c * R + r];
-    for (long b = job->b0; b < job->b1; ++b) {
+    for (long b = b0; b < b1; ++b) {
         const float *xs = a->x + b * C * P;
         float *os = a->out + b * C * P;
         if (a->w1) channel_gate(a, xs, w2t, work, cg);
@@ -236,66 +230,82 @@ static void *run_job(void *arg) {
             }
         }
     }
-    free(scratch);
-    job->status = 0;
-    return NULL;
 }
 
-int chanattn_cbam_abi(void) { return CHANATTN_CBAM_ABI; }
+/* ---- the operator ---------------------------------------------------------------------------- */
 
-/* The whole batch, split over up to n_threads threads (contiguous ranges of samples). bn: NULL
-   (no BatchNorm) or {weight, bias, running mean, running var} of the 1-channel BN, weight and
-   bias may be NULL (not affine). Returns 0, -1 (out of memory) or -2 (bad arguments). */
-int chanattn_cbam_forward(const float *x, float *out, long batch, long channels, long height,
-                          long width, const float *w1, const float *b1, const float *w2,
-                          const float *b2, long hidden, const float *wc, long kernel,
-                          const float *bn_weight, const float *bn_bias, const float *bn_mean,
-                          const float *bn_var, double bn_eps, long n_threads) {
-    if (!x || !out || batch < 0 || channels < 1 || height < 1 || width < 1) return -2;
-    if (w1 && (!w2 || hidden < 1)) return -2;
-    if (wc && (kernel < 1 || kernel % 2 == 0)) return -2;
-    if ((bn_mean == NULL) != (bn_var == NULL)) return -2;
+static const float *data_or_null(const c10::optional<at::Tensor> &t) {
+    return t.has_value() ? t->data_ptr<float>() : nullptr;
+}
+
+static void check_param(const c10::optional<at::Tensor> &t, int64_t numel, const char *what) {
+    if (!t.has_value()) return;
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous(),
+                "chanattn::cbam_forward: ", what, " must be a contiguous float32 CPU tensor");
+    TORCH_CHECK(t->numel() == numel, "chanattn::cbam_forward: ", what, " has ", t->numel(),
+                " elements, expected ", numel);
+}
+
+/* out = CBAM(x) in inference. fc1_weight (R, C[, 1, 1]) with fc1_bias (R) or None, fc2_weight
+   (C, R[, 1, 1]) with fc2_bias (C) or None: the channel stage (fc1_weight None: off); conv_weight
+   (1, 2, K, K), K odd, no bias: the spatial stage (None: off); bn_*: the spatial stage's
+   BatchNorm2d(1) in eval mode (bn_mean None: no BatchNorm; bn_weight, bn_bias None: not affine). */
+static at::Tensor cbam_forward(const at::Tensor &x, const c10::optional<at::Tensor> &fc1_weight,
+                               const c10::optional<at::Tensor> &fc1_bias,
+                               const c10::optional<at::Tensor> &fc2_weight,
+                               const c10::optional<at::Tensor> &fc2_bias,
+                               const c10::optional<at::Tensor> &conv_weight,
+                               const c10::optional<at::Tensor> &bn_weight,
+                               const c10::optional<at::Tensor> &bn_bias,
+                               const c10::optional<at::Tensor> &bn_mean,
+                               const c10::optional<at::Tensor> &bn_var, double bn_eps) {
+    TORCH_CHECK(x.dim() == 4, "chanattn::cbam_forward: x must be (B, C, H, W), got ", x.dim(), " dims");
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(),
+                "chanattn::cbam_forward: x must be a contiguous (NCHW) float32 CPU tensor");
+    const long B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    TORCH_CHECK(C >= 1 && H >= 1 && W >= 1, "chanattn::cbam_forward: empty channels or map");
+    long R = 0, K = 0;
+    if (fc1_weight.has_value()) {
+        R = fc1_weight->size(0);
+        TORCH_CHECK(R >= 1 && fc2_weight.has_value(), "chanattn::cbam_forward: fc1 without fc2");
+        check_param(fc1_weight, R * C, "fc1_weight");
+        check_param(fc2_weight, C * R, "fc2_weight");
+        check_param(fc1_bias, R, "fc1_bias");
+        check_param(fc2_bias, C, "fc2_bias");
+    }
+    if (conv_weight.has_value()) {
+        K = conv_weight->size(-1);
+        TORCH_CHECK(K % 2 == 1, "chanattn::cbam_forward: the kernel size must be odd, got ", K);
+        check_param(conv_weight, 2 * K * K, "conv_weight");
+    }
+    TORCH_CHECK(bn_mean.has_value() == bn_var.has_value(),
+                "chanattn::cbam_forward: bn_mean and bn_var go together");
+    check_param(bn_weight, 1, "bn_weight");
+    check_param(bn_bias, 1, "bn_bias");
+    check_param(bn_mean, 1, "bn_mean");
+    check_param(bn_var, 1, "bn_var");
     /* as ATen's batch norm in eval mode: invstd in float, then alpha and beta */
     float alpha = 1.0f, beta = 0.0f;
-    if (bn_mean) {
-        const float invstd = 1.0f / sqrtf(bn_var[0] + (float)bn_eps);
-        alpha = bn_weight ? invstd * bn_weight[0] : invstd;
-        beta = (bn_bias ? bn_bias[0] : 0.0f) - bn_mean[0] * alpha;
+    if (bn_mean.has_value()) {
+        const float invstd = 1.0f / sqrtf(*data_or_null(bn_var) + (float)bn_eps);
+        alpha = bn_weight.has_value() ? invstd * *data_or_null(bn_weight) : invstd;
+        beta = (bn_bias.has_value() ? *data_or_null(bn_bias) : 0.0f) - *data_or_null(bn_mean) * alpha;
     }
-    cbam_args a = {x, out, batch, channels, height, width, w1, b1, w2, b2, hidden,
-                   wc, kernel, alpha, beta};
-    if (batch == 0) return 0;
-    long t = n_threads < 1 ? 1 : n_threads;
-    if (t > batch) t = batch;
-    if (t > 256) t = 256;
-    cbam_job jobs[256];
-    for (long i = 0; i < t; ++i) {
-        jobs[i].a = &a;
-        jobs[i].b0 = batch * i / t;
-        jobs[i].b1 = batch * (i + 1) / t;
-        jobs[i].status = -1;
-    }
-#ifdef _OPENMP
-    /* Built with -fopenmp: the process's OpenMP runtime, which in a process that imported torch
-       is torch's own libgomp (the same soname, loaded first), so these are the threads that run
-       ATen's parallel loops, already awake after the operation before. */
-#pragma omp parallel for num_threads(t) schedule(static)
-    for (long i = 0; i < t; ++i) run_job(&jobs[i]);
-#else
-    /* thread i > 0 in its own thread; where one cannot start, its range runs here */
-    pthread_t threads[256];
-    int started[256] = {0};
-    for (long i = 1; i < t; ++i)
-        started[i] = pthread_create(&threads[i], NULL, run_job, &jobs[i]) == 0;
-    run_job(&jobs[0]);
-    for (long i = 1; i < t; ++i) {
-        if (started[i])
-            pthread_join(threads[i], NULL);
-        else
-            run_job(&jobs[i]);
-    }
-#endif
-    for (long i = 0; i < t; ++i)
-        if (jobs[i].status != 0) return jobs[i].status;
-    return 0;
+    at::Tensor out = at::empty_like(x);
+    cbam_args a = {x.data_ptr<float>(), out.data_ptr<float>(), B, C, H, W,
+                   fc1_weight.has_value() ? data_or_null(fc1_weight) : nullptr, data_or_null(fc1_bias),
+                   data_or_null(fc2_weight), data_or_null(fc2_bias), R,
+                   data_or_null(conv_weight), K, alpha, beta};
+    if (!fc1_weight.has_value()) a.w2 = a.b1 = a.b2 = nullptr;
+    /* one sample at least per task: a sample's three passes stay in one core's cache */
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { run_range(&a, (long)b0, (long)b1); });
+    return out;
 }
+
+TORCH_LIBRARY(chanattn, m) {
+    m.def("cbam_forward(Tensor x, Tensor? fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, "
+          "Tensor? fc2_bias, Tensor? conv_weight, Tensor? bn_weight, Tensor? bn_bias, "
+          "Tensor? bn_mean, Tensor? bn_var, float bn_eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(chanattn, CPU, m) { m.impl("cbam_forward", &cbam_forward); }

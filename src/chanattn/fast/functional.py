@@ -1,22 +1,16 @@
-"""Fast paths shared by the gate modules (the SE family, ECA, CBAM, SK): pooled 1x1 layers as
+"""Building blocks of the fast implementations (registered in the other files of
+:mod:`chanattn.fast`) of the gate modules (the SE family, ECA, CBAM, SK): pooled 1x1 layers as
 matrix products, reductions arranged around ATen's CPU kernels (chunks of the batch that stay in
 cache between two passes, maxima over overlapping windows), and autograd Functions that save for
 backward only what the backward needs.
 
-Every module that uses these keeps a plain ``forward_reference`` with the paper's math; the tests
-(tests/test_fast_paths.py) check the two against each other (outputs and gradients). Under
-autograd the SE family's 1x1 layers run as matrix products (3x faster than the convolutions,
+Under autograd the SE family's 1x1 layers run as matrix products (3x faster than the convolutions,
 forward and backward); where a BatchNorm follows (CBAM's spatial stage, SK's selection) the small
-layers run as in the reference, so that training rounds as the reference does (a BatchNorm over
-a small batch amplifies a rounding difference). The inference-only changes are noted where they
-are made.
+layers run as in the formula, so that training rounds as the formula does (a BatchNorm over a small
+batch amplifies a rounding difference). The inference-only changes are noted where they are made.
 
-The chunked loops run in eager mode only: while tracing (``torch.jit.trace``), scripting or
-compiling (``torch.compile``, ``torch.export``) the same functions use whole-tensor operations, so a
-trace does not bake in the batch size and the compiler sees plain ops it can fuse itself.
-
-CBAM's inference on float32 NCHW CPU tensors goes to a C kernel instead (:mod:`chanattn.native`),
-where it is built; the functions here are its fallback and its training path.
+The chunked loops run in eager mode only (the registry runs none of this while tracing, scripting,
+compiling or exporting; the functions also check, for a caller of their own).
 """
 
 from __future__ import annotations
@@ -24,6 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import eager as eager_fast_path
+from .registry import grad_needed
 
 __all__ = [
     "CHUNK_BYTES",
@@ -33,8 +30,6 @@ __all__ = [
     "avg_max_pool_space",
     "conv1d_channels",
     "conv2d_few_channels",
-    "eager_fast_path",
-    "grad_needed",
     "linear_1x1",
     "scale_then_avg_max_pool_channels",
 ]
@@ -47,21 +42,6 @@ CHUNK_BYTES = 4 << 20
 #: Tensors up to this size are not cut into chunks: they stay in the last-level cache between two
 #: passes anyway, and each chunk costs dispatch overhead.
 WHOLE_BYTES = 8 << 20
-
-
-def eager_fast_path() -> bool:
-    """True outside tracing, scripting and compiling: where the chunked loops may run."""
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
-
-
-def grad_needed(x: torch.Tensor, module: nn.Module | None = None) -> bool:
-    """True where autograd will record this call: grad mode is on and ``x`` or a parameter of
-    ``module`` requires a gradient. Without it the fast paths may work in place."""
-    if not torch.is_grad_enabled():
-        return False
-    if x.requires_grad:
-        return True
-    return module is not None and any(p.requires_grad for p in module.parameters())
 
 
 def linear_1x1(conv: nn.Conv2d, s: torch.Tensor, *, exact_under_grad: bool = False) -> torch.Tensor:

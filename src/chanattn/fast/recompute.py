@@ -12,10 +12,11 @@ twice and update the running statistics twice. The gradients come from the ATen 
 that autograd runs for the plain layers (``threshold_backward``, ``native_batch_norm_backward``,
 ``convolution_backward``), on the same tensors.
 
-The Functions here and in the modules are used only where :func:`recompute_applies` holds
-(autograd recording, eager mode, no autocast); elsewhere the modules run the plain layers.
+The Functions here and in the files of :mod:`chanattn.fast` that use them are registered as
+training paths (``autograd=True``): they run only where autograd records the call, in eager mode,
+outside autocast (:func:`recompute_applies`); elsewhere the modules run their formula.
 
-Building blocks, for a Function written in a module (gsop, bilinear). The Functions take the
+Building blocks, for a Function written for one module (gsop, bilinear). The Functions take the
 running statistics as inputs and return BN's per-channel statistics as extra (non-differentiable)
 outputs, so that ``setup_context`` can save them: Functions written so also run under
 ``torch.func`` transforms (``torch.func.grad``, ``functional_call``). Usage::
@@ -59,8 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
-from .functional import eager_fast_path, grad_needed
+from ..errors import InputError
+from .registry import autocast_on, eager, grad_needed
 
 __all__ = [
     "BNConfig",
@@ -83,20 +84,11 @@ _SAVE = ("conv_output", "output")
 
 
 def recompute_applies(x: torch.Tensor, module: nn.Module) -> bool:
-    """True where the Functions that recompute should replace the plain layers: autograd records
-    the call (:func:`~chanattn.functional.grad_needed`), in eager mode (not tracing, scripting,
+    """True where the Functions that recompute may replace the plain layers: autograd records
+    the call (:func:`~chanattn.fast.registry.grad_needed`), in eager mode (not tracing, scripting,
     compiling or exporting) and outside autocast (whose casts the backward's recomputation would
     not see)."""
-    return grad_needed(x, module) and eager_fast_path() and not _autocast_on(x)
-
-
-def _autocast_on(x: torch.Tensor) -> bool:
-    """True where autocast is enabled for ``x``'s device type (False for a device type without an
-    autocast state, such as meta)."""
-    try:
-        return torch.is_autocast_enabled(x.device.type)
-    except RuntimeError:
-        return False
+    return grad_needed(x, module) and eager() and not autocast_on(x)
 
 
 # -- BatchNorm -------------------------------------------------------------------------------------
