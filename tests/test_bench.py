@@ -1,11 +1,16 @@
-"""``chanattn bench``: the records' fields and arithmetic, the memory counters, the timm counterparts
-and the command line. Tiny shapes and few repeats; no timing comparisons."""
+"""``chanattn bench``: the records' fields and arithmetic, the memory counters, the timm counterparts,
+the compiled columns, the model overhead table, the load warning and the thread rule, the command
+line and benchmarks/gpu.sh. Tiny shapes and few repeats; no timing comparisons."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +19,17 @@ import chanattn
 from chanattn.bench.core import (
     FLOOR_PASSES,
     Timing,
-    bench_model,
     bench_module,
+    choose_threads,
+    formula_forward,
+    load_warning,
     parse_shapes,
     peak_bytes,
     saved_bytes,
     time_interleaved,
 )
-from chanattn.cli import main
+from chanattn.bench.models import bench_model, bench_models, default_batch
+from chanattn.cli import build_parser, main
 from chanattn.errors import ChanattnError
 
 FAST = dict(repeats=3, warmup=1, min_time_s=0.0005)
@@ -221,4 +229,194 @@ def test_models_bench(tmp_path, capsys):
 def test_vs_timm_without_timm_is_one_line(capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "timm.layers", None)  # makes the import fail
     _one_error_line(capsys, ["bench", "--modules", "se", "--vs", "timm"], "--vs timm needs timm")
-    _one_error_line(capsys, ["bench", "--models", "resnet8", "--vs", "timm"], "--vs timm applies")
+    _one_error_line(capsys, ["bench", "--models", "resnet8", "--vs", "timm"], "--vs timm needs timm")
+
+
+# ------------------------------------------------------------------------- shared machines, threads
+def test_choose_threads_rule():
+    # the cores the load leaves free (rounded half up), shared among the jobs, at least 1
+    assert choose_threads(load=0.0, cores=2) == 2
+    assert choose_threads(load=0.4, cores=2) == 2
+    assert choose_threads(load=0.6, cores=2) == 1
+    assert choose_threads(load=1.5, cores=2) == 1  # round(0.5) = 1
+    assert choose_threads(load=7.0, cores=2) == 1
+    assert choose_threads(load=0.0, cores=16, jobs=2) == 8
+    assert choose_threads(load=4.2, cores=16, jobs=3) == 4  # round(11.8) = 12, / 3
+    assert choose_threads(load=0.0, cores=2, jobs=4) == 1
+    assert choose_threads(3, load=9.0, cores=2) == 3  # --threads wins
+    with pytest.raises(ValueError, match="jobs"):
+        choose_threads(load=0.0, cores=2, jobs=0)
+
+
+def test_load_warning_at_or_above_the_cores():
+    assert load_warning(load=1.99, cores=2) is None
+    msg = load_warning(load=2.0, cores=2)
+    assert "load average (2.00)" in msg and "2 usable cores" in msg and "\n" not in msg
+
+
+def test_bench_warns_and_takes_one_thread_under_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a simulated busy machine
+    path = tmp_path / "r.json"
+    assert main(["bench", "--modules", "eca", "--shapes", "2x16x8x8", "--repeats", "2", "--warmup", "0",
+                 "--min-time", "0.0005", "--out", str(path)]) == 0
+    cap = capsys.readouterr()
+    warnings = [line for line in cap.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("chanattn bench: warning: the 1-minute load average")
+    machine = json.loads(path.read_text())["machine"]
+    assert "load average (9.00)" in machine["load_warning"]
+    assert machine["threads"] == 1 and machine["threads_from"].startswith("chosen")
+    assert "1 torch threads (chosen" in cap.out and "warning: the 1-minute" in cap.out
+
+
+# ---------------------------------------------------------------------------------- torch.compile
+def test_formula_forward_adapter(monkeypatch):
+    se, gct = chanattn.create("se", 16), chanattn.create("gct", 16)
+    fn, scope, how = formula_forward(se)
+    assert how == "forward_reference" and fn == se.forward_reference
+    assert formula_forward(gct)[2] == "forward (no fast path)"
+    # once chanattn.fast_paths exists, the formula is the module under fast_paths(False)
+    calls = []
+
+    class Switch:
+        def __init__(self, on):
+            calls.append(on)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(chanattn, "fast_paths", Switch, raising=False)
+    fn, scope, how = formula_forward(se)
+    assert fn is se and how == "chanattn.fast_paths(False)"
+    with scope():
+        pass
+    assert calls == [False]
+
+
+def test_compile_columns_with_inductor(tmp_path, capsys):
+    pytest.importorskip("timm")
+    path = tmp_path / "c.json"
+    assert main(["bench", "--modules", "se", "--shapes", "2x16x8x8", "--vs", "timm", "--compile",
+                 *FAST_ARGS, "--out", str(path)]) == 0
+    out = capsys.readouterr().out
+    for header in ("formula ms", "compiled ms", "compile s", "ours/comp", "timm comp ms", "timm ms"):
+        assert header in out, header
+    assert "torch.compile(backend='inductor')" in out
+    rec = json.loads(path.read_text())["records"][0]
+    assert rec["note"] == "" and rec["formula_impl"] in ("forward_reference", "chanattn.fast_paths(False)")
+    for prefix in ("", "formula_", "compiled_", "timm_", "timm_compiled_"):
+        _check_timing(rec, prefix)
+    assert rec["compile_s"] > 0 and rec["timm_compile_s"] > 0
+    assert math.isclose(rec["vs_compiled"], rec["ms"] / rec["compiled_ms"])
+
+
+def _failing_compile(*args, **kwargs):
+    def run(*a, **k):
+        raise RuntimeError("inductor: no C++ compiler\nsecond line")
+
+    return run
+
+
+def test_a_module_that_fails_to_compile_is_a_note(monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    rec = bench_module("se", SHAPE, vs_timm=True, compile=True, **FAST)
+    assert "compile fails: RuntimeError: inductor: no C++ compiler" in rec["note"]
+    assert "timm compile fails: RuntimeError" in rec["note"]
+    assert "formula_ms" in rec and "ms" in rec and "timm_ms" in rec  # eager parts still measured
+    assert "compiled_ms" not in rec and "timm_compiled_ms" not in rec and "vs_compiled" not in rec
+
+
+# --------------------------------------------------------------------------------- model overhead
+def test_model_overhead_records_ours_timm_eager_compiled():
+    pytest.importorskip("timm")
+    recs = bench_models("resnet8", ["none", "se", "sk"], batch=2, vs_timm=True, compile=True,
+                        compile_backend="eager", repeats=2, warmup=0, min_time_s=0.0005)
+    key = [(r["attn"], r["impl"], r["exec"]) for r in recs]
+    # timm has no ResNet-8 (timm's se is swapped into ours, over our backbone) and no model-level sk
+    assert key == [(a, i, e) for e in ("eager", "compiled")
+                   for a, i in (("none", "ours"), ("se", "ours"), ("se", "timm"), ("sk", "ours"))]
+    by = {k: r for k, r in zip(key, recs)}
+    for r in recs:
+        assert r["note"] == "" and r["batch"] == 2 and r["backbone"] == "chanattn resnet8"
+        for task in ("infer", "train"):
+            _check_timing(r, f"{task}_")
+            base_ms = by[("none", "ours", r["exec"])][f"{task}_ms"]
+            assert math.isclose(r[f"{task}_overhead"], (r[f"{task}_ms"] - base_ms) / base_ms)
+        assert ((r.get("compile_s") or 0) > 0) == (r["exec"] == "compiled")
+    assert by[("none", "ours", "eager")]["train_overhead"] == 0
+    assert by[("se", "timm", "eager")]["params"] == by[("se", "ours", "eager")]["params"]
+    assert "swapped for timm's counterpart" in by[("se", "timm", "eager")]["impl_desc"]
+
+
+def test_timm_resnet_with_our_modules_settings():
+    pytest.importorskip("timm")
+    from timm.layers import SEModule
+
+    from chanattn.bench.models import _timm_variant
+
+    ours = chanattn.create_model("resnet18", attn="se")
+    theirs, desc = _timm_variant("resnet18", "se", ours, (3, 224, 224), 1000)
+    assert "block_args" in desc
+    count = chanattn.models.count_params
+    assert count(theirs) == count(ours)  # same backbone, same SE hidden widths
+    ses = [m for m in theirs.modules() if isinstance(m, SEModule)]
+    assert len(ses) == 8 and [m.fc1.out_channels for m in ses] == [
+        m.rd_channels for m in ours.modules() if isinstance(m, chanattn.module_info("se").cls)]
+    assert default_batch("resnet50") == 16 and default_batch("resnet20") == 128
+
+
+def test_a_model_that_fails_to_compile_is_a_note(monkeypatch):
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    recs = bench_models("resnet8", ["none", "eca"], batch=2, compile=True, repeats=2, warmup=0,
+                        min_time_s=0.0005)
+    eager = [r for r in recs if r["exec"] == "eager"]
+    compiled = [r for r in recs if r["exec"] == "compiled"]
+    assert all(r["note"] == "" and "train_ms" in r for r in eager)
+    assert all(r["note"].startswith("compile fails: RuntimeError") and "train_ms" not in r for r in compiled)
+    assert "train_overhead" in eager[1] and "train_overhead" not in compiled[1]
+
+
+def test_models_cli_overhead_table(tmp_path, capsys):
+    path = tmp_path / "m.json"
+    assert main(["bench", "--models", "resnet8", "--attn", "none,eca", "--batch", "2", "--compile",
+                 "--compile-backend", "eager", *FAST_ARGS, "--out", str(path)]) == 0
+    out = capsys.readouterr().out
+    for header in ("impl", "exec", "+infer", "+train", "compile s", "train img/s"):
+        assert header in out, header
+    assert "+0.0%" in out  # the backbone's own row
+    records = json.loads(path.read_text())["records"]
+    assert [(r["attn"], r["exec"]) for r in records] == [
+        ("none", "eager"), ("eca", "eager"), ("none", "compiled"), ("eca", "compiled")]
+
+
+# ---------------------------------------------------------------------------------- benchmarks/*.sh
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["gpu.sh", "run_all.sh"])
+def test_benchmark_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], check=True)
+
+
+def test_gpu_script_commands_are_valid_bench_commands():
+    """gpu.sh's commands (DRY_RUN prints them) parse as chanattn commands, on CUDA and at the tiny
+    settings of its CPU check; the run itself needs a GPU (or DEVICE=cpu QUICK=1, about a minute)."""
+    for env in ({}, {"DEVICE": "cpu", "QUICK": "1"}):
+        done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                              env={**os.environ, "DRY_RUN": "1", "PYTHON": "python", **env}, check=True)
+        commands = [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
+        assert len(commands) == 5
+        outs = []
+        for argv in commands:
+            assert argv[1:3] == ["-m", "chanattn"]
+            args = build_parser().parse_args(argv[3:])
+            assert args.command == "bench" and args.vs == "timm" and args.out.endswith(".json")
+            assert args.device == env.get("DEVICE", "cuda")
+            outs.append(Path(args.out).name)
+        device = env.get("DEVICE", "cuda")
+        assert outs == [f"modules_infer_{device}.json", f"modules_train_{device}.json",
+                        f"modules_compile_infer_{device}.json", f"modules_compile_train_{device}.json",
+                        f"model_overhead_{device}.json"]

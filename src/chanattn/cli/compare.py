@@ -19,10 +19,12 @@ def add_parser(sub, name: str, parents: list) -> None:
     p.add_argument("--modules", default="all", help="comma-separated names, or all")
     p.add_argument("--seeds", type=positive, default=3, help="seeds per module: --seed, --seed+1, ...")
     p.add_argument("--jobs", type=positive, default=1,
-                   help="runs trained in parallel processes (1 thread each)")
+                   help="runs trained in parallel processes; without --threads each gets the usable "
+                        "cores minus the 1-minute load average, divided by the jobs, at least 1")
     p.add_argument("--no-baseline", action="store_true", help="skip the model without attention")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
-    p.add_argument("--latency-repeats", type=positive, default=20, help="timed forward passes per model")
+    p.add_argument("--latency-repeats", type=positive, default=20,
+                   help="interleaved timed repeats of each model's forward (median and quartiles)")
     add_config_flags(p, skip=("attn",))
     p.set_defaults(run=run)
 
