@@ -79,7 +79,7 @@ def test_intervals_latency_spread_and_load_warning(tmp_path, monkeypatch):
     assert len(warnings) == 1 and "load average (6.00)" in warnings[0]
     assert "1 thread each" in logs[0]  # the load leaves no core free: one thread
     assert results["train_threads"] == 1 and results["latency"]["threads"] == 1
-    assert "load average (6.00)" in results["machine"]["load_warning_start"]
+    assert "load average (6.00)" in results["machine"]["load_warning"]
     for row in results["rows"]:
         assert row["latency_q1_ms"] <= row["latency_ms"] <= row["latency_q3_ms"]
         assert row["latency_train_batch_q1_ms"] <= row["latency_train_batch_q3_ms"]

@@ -291,8 +291,14 @@ def run_compare(
         )
     finally:
         torch.set_num_threads(threads_before)
-    machine["load_avg_1min_start"] = None if load is None else round(load, 2)
-    machine["load_warning_start"] = warning
+    # the load before training, when nothing of this compare ran yet; the one before the latency
+    # measurement includes this compare's own training of the last minute
+    machine["load_avg_1min_at_latency"] = machine.pop("load_avg_1min")
+    machine["load_avg_1min"] = None if load is None else round(load, 2)
+    machine["load_warning"] = warning
+    machine["load_note"] = ("load_avg_1min, load_warning: at the start of the compare; "
+                            "load_avg_1min_at_latency: before the latency measurement (includes this "
+                            "compare's training)")
     del built
     rows = []
     base_top1 = None
