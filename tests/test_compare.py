@@ -14,7 +14,7 @@ import torch
 from chanattn.bench.core import Timing
 from chanattn.cli import main
 from chanattn.training import resolve_config, run_compare
-from chanattn.training.compare import diff_interval, measure_latency, plot_text
+from chanattn.training.compare import diff_interval, measure_latency, plot_text, t_cdf, t_quantile
 
 TINY = ["--epochs", "1", "--threads", "1", "--model-kwargs", '{"widths": [8, 8, 16]}',
         "--latency-repeats", "3"]
@@ -25,6 +25,20 @@ def compare(tmp_path, capsys, *argv):
     rc = main(["compare", "--out", str(out), *TINY, *argv])
     cap = capsys.readouterr()
     return rc, out, cap
+
+
+def test_t_quantiles_match_the_table():
+    # upper critical values t(0.975, df) and t(0.95, df) of Student's t: NIST/SEMATECH e-Handbook of
+    # Statistical Methods, table 1.3.6.7.2 (three decimals)
+    table = {1: (12.706, 6.314), 2: (4.303, 2.920), 4: (2.776, 2.132), 10: (2.228, 1.812),
+             30: (2.042, 1.697), 100: (1.984, 1.660)}
+    for df, (q975, q95) in table.items():
+        assert t_quantile(0.975, df) == pytest.approx(q975, abs=5e-4)
+        assert t_quantile(0.95, df) == pytest.approx(q95, abs=5e-4)
+    assert t_quantile(0.975, 1e7) == pytest.approx(1.960, abs=5e-4)  # the normal's
+    assert t_cdf(0.0, 3.3) == 0.5 and t_cdf(-2.0, 3.3) == pytest.approx(1 - t_cdf(2.0, 3.3))
+    q = t_quantile(0.975, 2.5)  # Welch's df are not integers: between the neighbours
+    assert t_quantile(0.975, 3) < q < t_quantile(0.975, 2) and t_cdf(q, 2.5) == pytest.approx(0.975)
 
 
 def test_diff_interval_is_welchs_t_interval():

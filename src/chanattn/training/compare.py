@@ -14,7 +14,8 @@ A run that is interrupted is continued by the same command: finished (module, se
 skipped, a pair with a checkpoint resumes from it.
 
 Noise. Each module's difference from the baseline, mean top-1 minus the baseline's, comes with
-Welch's t interval over the seeds (95 %, unequal variances; :func:`diff_interval`): "beyond noise"
+Welch's t interval over the seeds (95 %, unequal variances; :func:`diff_interval`, with the t
+quantile computed here, :func:`t_quantile`, so that compare needs no SciPy): "beyond noise"
 when the interval excludes 0, "within noise" otherwise, "n/a (1 seed)" when either side has one
 seed (no estimate of the noise, so no claim). Latency is timed with the bench's timer
 (:func:`chanattn.bench.core.time_interleaved`): median and quartiles of interleaved repeats.
@@ -134,6 +135,62 @@ def measure_latency(
                             warmup=warmup, min_time_s=min_time)
 
 
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function, for 0 <= x <= 1."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom (any real df > 0):
+    1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t >= 0, by symmetry below."""
+    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (0.5 <= p < 1), by
+    bisection on :func:`t_cdf`."""
+    if not 0.5 <= p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile: needs 0.5 <= p < 1 and df > 0, got p={p}, df={df}")
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
 def diff_interval(values: list[float], base: list[float], level: float = CI_LEVEL) -> dict[str, Any]:
     """mean(values) - mean(base) with Welch's t interval at ``level`` (unequal variances,
     Welch-Satterthwaite degrees of freedom).
@@ -153,9 +210,7 @@ def diff_interval(values: list[float], base: list[float], level: float = CI_LEVE
         out["verdict"] = "n/a (no spread)"
         return out
     df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(base) - 1))
-    from scipy.stats import t as student_t
-
-    half = float(student_t.ppf(0.5 + level / 2, df)) * se
+    half = t_quantile(0.5 + level / 2, df) * se
     out.update(lo=diff - half, hi=diff + half, df=df)
     out["verdict"] = "beyond noise" if diff - half > 0 or diff + half < 0 else "within noise"
     return out
