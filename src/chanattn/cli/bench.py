@@ -194,7 +194,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
     ``err`` (default stderr)."""
     import torch
 
-    from ..bench.core import choose_threads, load_average, machine_info, usable_cores
+    from ..bench.core import choose_threads, load_average, machine_info, parse_shapes, usable_cores
 
     say = err or (lambda line: print(line, file=sys.stderr, flush=True))
     if (args.modules is None) == (args.models is None):
@@ -209,6 +209,11 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
             import timm.layers  # noqa: F401
         except ImportError as exc:
             raise UsageError(f"--vs timm needs timm (pip install 'chanattn[timm]'): {exc}") from exc
+    # every argument is checked before anything runs (and before the load warning)
+    if args.modules is not None:
+        work = (_module_list(args.modules), parse_shapes(args.shapes))
+    else:
+        work = _model_lists(args.models, args.attn)
     load = load_average()
     torch.set_num_threads(choose_threads(args.threads, load=load))
     threads_from = ("--threads" if args.threads is not None else
@@ -222,7 +227,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
     records: list[dict[str, object]] = []
     settings = {k: v for k, v in vars(args).items() if k not in ("run", "debug") and not callable(v)}
     try:
-        _bench_all(args, machine, records, modes, out, say)
+        _bench_all(args, work, machine, records, modes, out, say)
     except KeyboardInterrupt:  # keep what was measured (a budget's timeout sends SIGINT)
         if args.out is not None:
             payload = {"machine": machine, "settings": settings, "records": records, "interrupted": True}
@@ -240,17 +245,18 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
     return payload
 
 
-def _bench_all(args: argparse.Namespace, machine: dict[str, object], records: list[dict[str, object]],
-               modes: list[str], out: Callable[[str], None], say: Callable[[str], None]) -> None:
-    """The tables of ``args``, printed as their rows arrive; the records appended to ``records``."""
+def _bench_all(args: argparse.Namespace, work: tuple[list, list], machine: dict[str, object],
+               records: list[dict[str, object]], modes: list[str], out: Callable[[str], None],
+               say: Callable[[str], None]) -> None:
+    """The tables of ``args`` over ``work`` (modules and shapes, or architectures and modules),
+    printed as their rows arrive; the records appended to ``records``."""
     import torch
 
-    from ..bench.core import bench_module, parse_shapes
+    from ..bench.core import bench_module
     from ..bench.models import bench_models
 
     if args.modules is not None:
-        modules = _module_list(args.modules)
-        shapes = parse_shapes(args.shapes)
+        modules, shapes = work
         for mode in modes:
             cols = _module_columns(mode, args.vs == "timm", args.compile)
             title = [*_preamble(machine, args, f"modules, mode {mode}"),
@@ -267,7 +273,7 @@ def _bench_all(args: argparse.Namespace, machine: dict[str, object], records: li
                     out(table.row(rec))
             out("")
     else:
-        archs, attns = _model_lists(args.models, args.attn)
+        archs, attns = work
         cols = _model_columns(args.compile)
         title = [*_preamble(machine, args, "models"),
                  "params; GMACs/img: forward multiply-adds per image (torch.utils.flop_counter: "
