@@ -14,7 +14,7 @@
 # bench's rule), REPEATS (15), MODULES (all), SHAPES (the three), MODES ("infer train"),
 # COMPILE_MODULES (the modules with a forward_reference), MODELS (resnet20,resnet50),
 # ATTN (none,se,eca,cbam), MODEL_BATCH (8), MODEL_REPEATS (3), OVERHEAD_REPEATS (3),
-# SKIP_MODELS, SKIP_COMPILE, SKIP_OVERHEAD, SKIP_NATIVE (1: skip that part), OUT (benchmarks/results).
+# SKIP_MODULES, SKIP_COMPILE, SKIP_MODELS, SKIP_OVERHEAD, SKIP_NATIVE (1: skip that part), OUT (benchmarks/results).
 # Run time on the idle 2-core machine of the README: see benchmarks/README.md (about 2 hours in all,
 # most of it compiling).
 set -euo pipefail
@@ -39,11 +39,13 @@ common=(--device "$DEVICE")
 if [[ -n "${THREADS:-}" ]]; then common+=(--threads "$THREADS"); fi
 mkdir -p "$OUT"
 
-for mode in $MODES; do
-    name="$OUT/modules_${mode}_${DEVICE}"
-    "$PYTHON" -m chanattn bench --modules "$MODULES" --shapes "$SHAPES" --mode "$mode" --vs timm \
-        --repeats "$REPEATS" "${common[@]}" --out "$name.json" | tee "$name.txt"
-done
+if [[ "${SKIP_MODULES:-0}" != 1 ]]; then
+    for mode in $MODES; do
+        name="$OUT/modules_${mode}_${DEVICE}"
+        "$PYTHON" -m chanattn bench --modules "$MODULES" --shapes "$SHAPES" --mode "$mode" --vs timm \
+            --repeats "$REPEATS" "${common[@]}" --out "$name.json" | tee "$name.txt"
+    done
+fi
 
 if [[ "${SKIP_COMPILE:-0}" != 1 ]]; then
     for mode in $MODES; do

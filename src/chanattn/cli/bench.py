@@ -238,6 +238,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
     machine["threads"] = torch.get_num_threads()
     if (after := load_average()) is not None:
         machine["load_avg_1min_end"] = round(after, 2)
+        out(f"1-minute load average at the end: {after:.2f} (at the start: {machine['load_avg_1min']})")
     payload = {"machine": machine, "settings": settings, "records": records}
     if args.out is not None:
         _write(Path(args.out), payload)
