@@ -4,8 +4,9 @@ compiled, every variant of one architecture timed in one interleaved run.
 Variants of an architecture ``arch`` and a module ``attn``:
 
 - ``ours``: ``chanattn.create_model(arch, attn=attn)`` (``attn="none"``: the backbone).
-- ``timm`` (``vs_timm``), for modules with a timm counterpart (:data:`.timm_refs.TIMM_NAMES`
-  except ``sk``, which replaces convolutions): for timm's ResNet family (:data:`TIMM_ARCHS`),
+- ``timm`` (``vs_timm``), for modules with a timm counterpart (:data:`.timm_refs.TIMM_NAMES`)
+  whose placement is ``"block"`` (one module per residual block, what timm's ``attn_layer`` is;
+  not ``sk`` or ``splat``, which replace convolutions): for timm's ResNet family (:data:`TIMM_ARCHS`),
   ``timm.create_model(arch, block_args={"attn_layer": f})`` where ``f`` builds, block by block, timm's
   module with the hyper-parameters of ours in the same block (:func:`.timm_refs.timm_counterpart`),
   and the backbone is timm's own ``arch`` without attention; for the other architectures (the
@@ -246,8 +247,8 @@ def bench_models(arch: str, attns: Sequence[str | None], *, batch: int | None = 
                     variants.append(_Variant(name, "timm", model, timm_backbone,
                                              f"timm.create_model({info.name!r})"))
                 continue
-            if name not in TIMM_NAMES or name == "sk" or name not in ours_models:
-                continue
+            if name not in TIMM_NAMES or module_info(name).placement != "block" or name not in ours_models:
+                continue  # timm's attn_layer is one module per block on the residual branch
             torch.manual_seed(seed)
             try:
                 model, desc = _timm_variant(info.name, name, ours_models[name], info.input_size,
