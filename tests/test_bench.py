@@ -1,6 +1,6 @@
 """``chanattn bench``: the records' fields and arithmetic, the memory counters, the timm counterparts,
-the compiled columns, the model overhead table, the load warning and the thread rule, the command
-line and benchmarks/gpu.sh. Tiny shapes and few repeats; no timing comparisons."""
+the compiled columns, the model overhead table, the load warning (the rule itself: test_threads.py),
+the command line and benchmarks/gpu.sh. Tiny shapes and few repeats; no timing comparisons."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from chanattn.bench.core import (
     FLOOR_PASSES,
     Timing,
     bench_module,
-    choose_threads,
     formula_forward,
-    load_warning,
     parse_shapes,
     peak_bytes,
     saved_bytes,
@@ -31,6 +29,7 @@ from chanattn.bench.core import (
 from chanattn.bench.models import bench_model, bench_models, default_batch
 from chanattn.cli import build_parser, main
 from chanattn.errors import ChanattnError
+from chanattn.training.threads import busy_warning
 
 FAST = dict(repeats=3, warmup=1, min_time_s=0.0005)
 SHAPE = (2, 16, 8, 8)
@@ -233,27 +232,6 @@ def test_vs_timm_without_timm_is_one_line(capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------------- shared machines, threads
-def test_choose_threads_rule():
-    # the cores the load leaves free (rounded half up), shared among the jobs, at least 1
-    assert choose_threads(load=0.0, cores=2) == 2
-    assert choose_threads(load=0.4, cores=2) == 2
-    assert choose_threads(load=0.6, cores=2) == 1
-    assert choose_threads(load=1.5, cores=2) == 1  # round(0.5) = 1
-    assert choose_threads(load=7.0, cores=2) == 1
-    assert choose_threads(load=0.0, cores=16, jobs=2) == 8
-    assert choose_threads(load=4.2, cores=16, jobs=3) == 4  # round(11.8) = 12, / 3
-    assert choose_threads(load=0.0, cores=2, jobs=4) == 1
-    assert choose_threads(3, load=9.0, cores=2) == 3  # --threads wins
-    with pytest.raises(ValueError, match="jobs"):
-        choose_threads(load=0.0, cores=2, jobs=0)
-
-
-def test_load_warning_at_or_above_the_cores():
-    assert load_warning(load=1.99, cores=2) is None
-    msg = load_warning(load=2.0, cores=2)
-    assert "load average (2.00)" in msg and "2 usable cores" in msg and "\n" not in msg
-
-
 def test_bench_warns_and_takes_one_thread_under_load(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a simulated busy machine
     path = tmp_path / "r.json"
@@ -263,7 +241,7 @@ def test_bench_warns_and_takes_one_thread_under_load(tmp_path, capsys, monkeypat
     warnings = [line for line in cap.err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("chanattn bench: warning: the 1-minute load average")
     machine = json.loads(path.read_text())["machine"]
-    assert "load average (9.00)" in machine["load_warning"]
+    assert machine["load_warning"] == busy_warning(machine["cores_usable"], 9.0)  # the one text
     assert machine["threads"] == 1 and machine["threads_from"].startswith("chosen")
     assert "1 torch threads (chosen" in cap.out and "warning: the 1-minute" in cap.out
 

@@ -5,6 +5,8 @@ it, on the embedded digits with a tiny ResNet-8 and one epoch; no timing asserti
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 
@@ -14,7 +16,15 @@ import torch
 from chanattn.bench.core import Timing
 from chanattn.cli import main
 from chanattn.training import resolve_config, run_compare
-from chanattn.training.compare import diff_interval, measure_latency, plot_text, t_cdf, t_quantile
+from chanattn.training.compare import (
+    TABLE_COLUMNS,
+    diff_interval,
+    measure_latency,
+    plot_text,
+    t_cdf,
+    t_quantile,
+)
+from chanattn.training.threads import busy_warning, usable_cores
 
 TINY = ["--epochs", "1", "--threads", "1", "--model-kwargs", '{"widths": [8, 8, 16]}',
         "--latency-repeats", "3"]
@@ -67,6 +77,11 @@ def test_measure_latency_is_the_bench_timer():
 def test_one_seed_says_na_and_no_plus_minus(tmp_path, capsys):
     rc, out, cap = compare(tmp_path, capsys, "--modules", "se", "--seeds", "1")
     assert rc == 0
+    # the recipe line train prints (tests/test_runs.py; here at the digits recipe's batch), word for word
+    assert ("\nrecipe digits (for the default --dataset digits; --recipe to choose another): 1 epoch, "
+            "batch 64, sgd lr 0.1 (momentum 0.9, weight decay 0.0005), cosine to 0 after 1 warm-up "
+            "epoch\n") in cap.err
+    assert "2 models x 1 seed, 1 epoch each" in cap.err
     assert "resnet8 on digits: 1 epoch, seed 0" in cap.out and "epochs" not in cap.out.split("\n")[1]
     assert "±" not in cap.out and "n/a (1 seed)" in cap.out and "Δ top-1 [95% CI]" in cap.out
     md = (out / "table.md").read_text()
@@ -90,10 +105,11 @@ def test_intervals_latency_spread_and_load_warning(tmp_path, monkeypatch):
     logs: list[str] = []
     results = run_compare(cfg, ["eca"], [0, 1], str(out), latency_repeats=3, plots=False, log=logs.append)
     warnings = [line for line in logs if "warning" in line]
-    assert len(warnings) == 1 and "load average (6.00)" in warnings[0]
+    busy = busy_warning(usable_cores(), 6.0, 1)
+    assert warnings == [f"warning: {busy}"]  # train's line, word for word
     assert "1 thread each" in logs[0]  # the load leaves no core free: one thread
     assert results["train_threads"] == 1 and results["latency"]["threads"] == 1
-    assert "load average (6.00)" in results["machine"]["load_warning"]
+    assert results["machine"]["load_warning"] == busy and results["threads_from"].startswith("chosen")
     for row in results["rows"]:
         assert row["latency_q1_ms"] <= row["latency_ms"] <= row["latency_q3_ms"]
         assert row["latency_train_batch_q1_ms"] <= row["latency_train_batch_q3_ms"]
@@ -102,8 +118,11 @@ def test_intervals_latency_spread_and_load_warning(tmp_path, monkeypatch):
     md = (out / "table.md").read_text()
     assert "q1-q3 (ms)" in md and f"| {ci['verdict']} |" in md and "95% Welch t interval" in md
     assert f"{ci['diff']:+.2f} [{ci['lo']:+.2f}, {ci['hi']:+.2f}]" in md
-    head = (out / "table.csv").read_text().splitlines()[0]
-    assert head.endswith("latency_q1_ms,latency_q3_ms,d_top1,d_top1_lo,d_top1_hi,vs_noise")
+    csv_text = (out / "table.csv").read_text()
+    assert tuple(csv_text.splitlines()[0].split(",")) == TABLE_COLUMNS
+    eca = list(csv.DictReader(io.StringIO(csv_text)))[1]  # plain numbers that read back
+    assert eca["module"] == "eca" and int(eca["params"]) == results["rows"][1]["params"]
+    assert float(eca["d_top1_lo"]) == pytest.approx(ci["lo"], abs=1e-3) and eca["vs_noise"] == ci["verdict"]
     title = plot_text(results, "latency_ms")[0]
     assert "2 seeds per module" in title and "filled: Δ top-1 beyond seed noise" in title
 

@@ -1,9 +1,10 @@
 """The cost bench behind ``chanattn bench``: parameters, multiply-adds, latency, memory and the
 memory-traffic floor of attention modules (against timm's and ``torch.compile`` where asked), and
-the cost of attention in whole models over their backbones.
+the cost of attention in whole models over their backbones. The thread rule and the busy-machine
+warning, shared with ``train`` and ``compare``, are in :mod:`chanattn.training.threads`.
 
 :mod:`.core` measures (one timer, :func:`time_interleaved`, also used by ``chanattn compare``; the
-load check and the thread rule), :mod:`.models` benches whole models, :mod:`.timm_refs` builds
+machine record with its load), :mod:`.models` benches whole models, :mod:`.timm_refs` builds
 timm's counterparts; the command is :mod:`chanattn.cli.bench`.
 """
 
@@ -13,16 +14,12 @@ from .core import (
     FLOOR_PASSES,
     Timing,
     bench_module,
-    choose_threads,
     formula_forward,
-    load_average,
-    load_warning,
     machine_info,
     parse_shapes,
     peak_bytes,
     saved_bytes,
     time_interleaved,
-    usable_cores,
 )
 from .models import bench_model, bench_models, default_batch
 
@@ -32,15 +29,11 @@ __all__ = [
     "bench_model",
     "bench_models",
     "bench_module",
-    "choose_threads",
     "default_batch",
     "formula_forward",
-    "load_average",
-    "load_warning",
     "machine_info",
     "parse_shapes",
     "peak_bytes",
     "saved_bytes",
     "time_interleaved",
-    "usable_cores",
 ]

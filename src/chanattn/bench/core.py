@@ -30,10 +30,10 @@ own callables after ``torch._dynamo.reset()``, with recompilation past the limit
 silent fall back to eager); the first calls, which compile, are outside the timing and reported as
 ``compile_s``. A callable that fails to compile gives a note, not an exception.
 
-Shared machines. :func:`load_warning` says when the 1-minute load average is at or above the usable
-cores (timings then measure the other work too), and :func:`choose_threads` is the one rule for
-torch's CPU threads when none are asked for: the cores that the load leaves free, shared among the
-parallel jobs, at least 1.
+Shared machines. :func:`machine_info` records the 1-minute load average and, when it is at or
+above the usable cores, the warning of :func:`chanattn.training.threads.busy_warning` (timings then
+measure the other work too); :mod:`chanattn.training.threads` holds the one rule for torch's CPU
+threads of ``train``, ``compare`` and ``bench`` when none are asked for.
 
 Memory. On CUDA: ``torch.cuda.max_memory_allocated`` during one call minus the memory allocated
 before it (input, parameters and output gradient allocated beforehand). On CPU, which has no
@@ -64,6 +64,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import ConfigError, InputError
 from ..models.profile import count_macs, count_params
+from ..training import threads as _threads
 
 __all__ = [
     "COPY_PASSES",
@@ -72,17 +73,13 @@ __all__ = [
     "SlowCallError",
     "Timing",
     "bench_module",
-    "choose_threads",
     "compile_scope",
     "formula_forward",
-    "load_average",
-    "load_warning",
     "machine_info",
     "parse_shapes",
     "peak_bytes",
     "saved_bytes",
     "time_interleaved",
-    "usable_cores",
 ]
 
 MODES = ("infer", "train")
@@ -158,65 +155,10 @@ def parse_shapes(text: str, option: str = "--shapes") -> list[tuple[int, int, in
     return shapes  # type: ignore[return-value]
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask), else the logical cores."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (runnable and uninterruptible tasks), None where the system has
-    none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def load_warning(load: float | None = None, cores: int | None = None) -> str | None:
-    """A one-line warning when the 1-minute load average is at or above the usable cores (other
-    work then holds every core and timings measure it too); None otherwise.
-
-    Args:
-        load: the load average (default :func:`load_average`).
-        cores: the usable cores (default :func:`usable_cores`).
-    """
-    load = load_average() if load is None else load
-    cores = usable_cores() if cores is None else cores
-    if load is None or load < cores:
-        return None
-    return (f"the 1-minute load average ({load:.2f}) is at or above the {cores} usable cores: other "
-            "work competes for the CPU, so timings are unreliable (provisional)")
-
-
-def choose_threads(requested: int | None = None, *, jobs: int = 1, load: float | None = None,
-                   cores: int | None = None) -> int:
-    """Torch CPU threads for each of ``jobs`` parallel processes, so that they do not oversubscribe
-    the machine: ``requested`` when given, else the cores the load leaves free, shared among the
-    jobs: ``max(1, round(cores - load) // jobs)`` (round half up).
-
-    Args:
-        requested: threads asked for (``--threads``); returned as it is.
-        jobs: processes that will run at once, each with this many threads (default 1).
-        load: the 1-minute load average (default :func:`load_average`; 0 where there is none).
-        cores: the usable cores (default :func:`usable_cores`).
-    """
-    if requested is not None:
-        if requested < 1:
-            raise InputError(f"choose_threads: requested threads must be >= 1, got {requested}")
-        return int(requested)
-    if jobs < 1:
-        raise InputError(f"choose_threads: jobs must be >= 1, got {jobs}")
-    cores = usable_cores() if cores is None else cores
-    load = load_average() if load is None else load
-    free = math.floor(cores - (load or 0.0) + 0.5)
-    return max(1, min(free, cores) // jobs)
-
-
 def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
-    """What the figures depend on: CPU model, cores, load (and ``load_warning`` when it is at or
-    above the cores), torch (and timm) versions, threads, device and the date."""
+    """What the figures depend on: CPU model, cores, load (and ``load_warning``, the
+    :func:`~chanattn.training.threads.busy_warning`, when it is at or above the cores), torch (and
+    timm) versions, threads, device and the date."""
     device = torch.device(device)
     cpu = platform.processor() or platform.machine()
     try:
@@ -230,9 +172,9 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": cpu,
         "cores_logical": os.cpu_count(),
-        "cores_usable": usable_cores(),
-        "load_avg_1min": None if (load := load_average()) is None else round(load, 2),
-        "load_warning": load_warning(load),
+        "cores_usable": (cores := _threads.usable_cores()),
+        "load_avg_1min": None if (load := _threads.load_average()) is None else round(load, 2),
+        "load_warning": _threads.busy_warning(cores, load),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

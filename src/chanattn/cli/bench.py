@@ -194,7 +194,8 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
     ``err`` (default stderr)."""
     import torch
 
-    from ..bench.core import choose_threads, load_average, machine_info, parse_shapes, usable_cores
+    from ..bench.core import machine_info, parse_shapes
+    from ..training import threads as _threads
 
     say = err or (lambda line: print(line, file=sys.stderr, flush=True))
     if (args.modules is None) == (args.models is None):
@@ -214,10 +215,8 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
         work = (_module_list(args.modules), parse_shapes(args.shapes))
     else:
         work = _model_lists(args.models, args.attn)
-    load = load_average()
-    torch.set_num_threads(choose_threads(args.threads, load=load))
-    threads_from = ("--threads" if args.threads is not None else
-                    f"chosen: {usable_cores()} usable cores - load {load or 0:.2f}, rounded, at least 1")
+    threads, threads_from = _threads.pick_threads(args.threads)
+    torch.set_num_threads(threads)
 
     modes = list(MODES) if args.mode == "both" else [args.mode]
     machine = machine_info(args.device)
@@ -236,7 +235,7 @@ def run_bench(args: argparse.Namespace, out: Callable[[str], None] = print,
                 f"{args.out}")
         raise
     machine["threads"] = torch.get_num_threads()
-    if (after := load_average()) is not None:
+    if (after := _threads.load_average()) is not None:
         machine["load_avg_1min_end"] = round(after, 2)
         out(f"1-minute load average at the end: {after:.2f} (at the start: {machine['load_avg_1min']})")
     payload = {"machine": machine, "settings": settings, "records": records}
@@ -343,8 +342,9 @@ def add_parser(sub, name: str, parents: list) -> None:
                    help="batch of the model bench (default: 128 for 32x32 models, 16 for 224x224)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure")
     p.add_argument("--threads", type=positive, default=None,
-                   help="torch CPU threads (default: the usable cores minus the 1-minute load average, "
-                        "rounded, at least 1); the output says how many were used")
+                   help="torch CPU threads (default: the usable cores the 1-minute load average leaves "
+                        "free, at most torch's default, at least 1; as train and compare); the output says "
+                        "how many were used")
     p.add_argument("--repeats", type=positive, default=None,
                    help="timed repeats (default 15 for modules, 3 for models)")
     p.add_argument("--warmup", type=non_negative, default=None,

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ._args import UsageError, positive
-from ._config import add_config_flags, config_from_args
+from ._config import add_config_flags, config_from_args, recipe_choice
 
 
 def add_parser(sub, name: str, parents: list) -> None:
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     results = run_compare(cfg, modules, seeds, cfg.out, jobs=args.jobs, include_baseline=not args.no_baseline,
                           latency_repeats=args.latency_repeats, plots=not args.no_plots,
-                          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                          log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                          recipe_note=recipe_choice(args)[1])
     print()
     print(title(results))
     print(text_table(results))

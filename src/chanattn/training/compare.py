@@ -23,9 +23,7 @@ seed (no estimate of the noise, so no claim). Latency is timed with the bench's 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import multiprocessing as mp
@@ -38,8 +36,9 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_path, write_json, write_text
-from ..table import Column, render, render_markdown
-from .config import RUNTIME_FIELDS, TrainConfig
+from ..table import Column, render, render_csv, render_markdown
+from . import threads as _threads
+from .config import RUNTIME_FIELDS, TrainConfig, recipe_line
 
 __all__ = ["BASELINE", "diff_interval", "measure_latency", "parse_modules", "run_compare", "write_plots"]
 
@@ -250,12 +249,18 @@ def run_compare(
     latency_repeats: int = 20,
     plots: bool = True,
     log=print,
+    recipe_note: str | None = None,
 ) -> dict[str, Any]:
     """Train ``[none] + modules`` x ``seeds`` with ``base``'s recipe, then write the table and plots.
 
+    Threads: ``base.threads``, else :func:`chanattn.training.threads.pick_threads` (the rule of
+    ``train`` and ``bench``) for ``jobs`` processes during training and for one during the latency
+    measurement. The start is logged as ``train`` prints it: the recipe line (with ``recipe_note``,
+    how the recipe was chosen) and, on a busy machine, the same warning.
+
     Returns the results dict (also in ``DIR/results.json``).
     """
-    from ..bench.core import choose_threads, load_average, load_warning, machine_info
+    from ..bench.core import machine_info
     from ..data import load_data
     from ..models import count_macs, count_params, model_info
     from ..registry import module_info
@@ -266,11 +271,11 @@ def run_compare(
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     names = ([BASELINE] if include_baseline else []) + list(modules)
     settings_record = _check_settings(out, base, seeds, base.arch)
-    load = load_average()
-    warning = load_warning(load)
-    # threads: --threads, else the cores the load leaves free shared among the jobs (bench's rule)
-    run_threads = choose_threads(base.threads, jobs=jobs, load=load)
-    latency_threads = choose_threads(base.threads, load=load)
+    load, cores = _threads.load_average(), _threads.usable_cores()
+    # threads: --threads, else the cores the load leaves free shared among the jobs (the one rule)
+    run_threads, threads_from = _threads.pick_threads(base.threads, jobs, load=load)
+    latency_threads = _threads.pick_threads(base.threads, 1, load=load)[0]
+    warning = _threads.busy_warning(cores, load, run_threads, per_process=jobs > 1)
     data = load_data(base.dataset, base.data_root, download=base.download, image_size=base.image_size)
     spec = data.spec
     shape1 = (1, spec.in_chans, *spec.image_size)
@@ -310,14 +315,16 @@ def run_compare(
     unbuildable = [n for n in names if "error" in static[n]]
     finished = len(summaries)
     log(
-        f"compare {base.arch} on {base.dataset}: {len(names)} models x {len(seeds)} seeds, "
+        f"compare {base.arch} on {base.dataset}: {_plural(len(names), 'model')} x "
+        f"{_plural(len(seeds), 'seed')}, "
         f"{_plural(base.epochs, 'epoch')} each; {finished} runs already finished, {len(todo)} to train "
         f"({jobs} at a time, {_plural(run_threads, 'thread')} each)"
         + (f", {len(unbuildable)} models cannot be built ({', '.join(unbuildable)})" if unbuildable else "")
         + f" -> {out}"
     )
+    log(recipe_line(base, recipe_note))
     if warning:
-        log(f"compare: warning: {warning}")
+        log(f"warning: {warning}")
     # the data and the models are ready: from here on the directory holds this compare
     _write_settings(out, settings_record)
     errors: dict[tuple[str, int], str] = {}
@@ -409,6 +416,7 @@ def run_compare(
         },
         "vs_baseline": f"top-1 mean minus the baseline's, {CI_LEVEL:.0%} Welch t interval over seeds",
         "train_threads": run_threads,
+        "threads_from": threads_from,
         "machine": machine,
         "torch": torch.__version__,
         "rows": rows,
@@ -441,38 +449,24 @@ def _map(todo: list, jobs: int):
         yield from pool.imap_unordered(_train_one, todo)
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+def _vs(field: str):
+    return lambda r: (r.get("vs_baseline") or {}).get(field)
+
+
+#: The columns of table.csv (machine-readable: plain numbers; their headers are TABLE_COLUMNS).
+CSV_COLUMNS = (
+    Column("module", "module"), Column("params", "params", "d"), Column("macs", "macs", "d"),
+    Column("top1_mean", "top1_mean", ".3f"), Column("top1_std", "top1_std", ".3f"),
+    Column("seeds", "seeds", "d"), Column("latency_ms", "latency_ms", ".4f"),
+    Column("latency_q1_ms", "latency_q1_ms", ".4f"), Column("latency_q3_ms", "latency_q3_ms", ".4f"),
+    Column("d_top1", spec=".3f", get=_vs("diff")), Column("d_top1_lo", spec=".3f", get=_vs("lo")),
+    Column("d_top1_hi", spec=".3f", get=_vs("hi")), Column("vs_noise", get=_vs("verdict")),
+)
 
 
 def table_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TABLE_COLUMNS)
-    for r in rows:
-        vs = r.get("vs_baseline") or {}
-        w.writerow(
-            [
-                r["module"],
-                _fmt(r["params"]),
-                _fmt(r["macs"]),
-                _fmt(r["top1_mean"], 3),
-                _fmt(r["top1_std"], 3),
-                r["seeds"],
-                _fmt(r["latency_ms"], 4),
-                _fmt(r.get("latency_q1_ms"), 4),
-                _fmt(r.get("latency_q3_ms"), 4),
-                _fmt(vs.get("diff"), 3),
-                _fmt(vs.get("lo"), 3),
-                _fmt(vs.get("hi"), 3),
-                vs.get("verdict", ""),
-            ]
-        )
-    return buf.getvalue()
+    """table.csv: one line per module (:data:`CSV_COLUMNS`), through :func:`chanattn.table.render_csv`."""
+    return render_csv(rows, CSV_COLUMNS)
 
 
 def title(results: dict) -> str:
