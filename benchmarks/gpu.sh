@@ -7,8 +7,9 @@
 #                                          training-step and inference overhead over the backbone, ours
 #                                          and timm's, eager and compiled, one interleaved run per model
 #
-#   benchmarks/gpu.sh                                  # on a machine with a CUDA GPU
-#   DEVICE=cpu QUICK=1 OUT=/tmp/gpu-check benchmarks/gpu.sh   # the same commands at tiny settings (a check)
+#   benchmarks/gpu.sh                  # on a machine with a CUDA GPU
+#   DRY_RUN=1 benchmarks/gpu.sh        # the check: the same commands on the CPU at tiny sizes (~40 s idle)
+#   PRINT_ONLY=1 benchmarks/gpu.sh     # print the commands, run nothing (tests/test_bench.py parses them)
 #
 # torch.compile dominates the time (every model variant is compiled for training and inference), so
 # the GPU run compiles fewer modules than the CPU one. Each step has a time budget in seconds
@@ -17,11 +18,17 @@
 # (SIGINT), keeps the records finished so far (its .json says "interrupted": true) and the script
 # names it at the end (exit 3). The budgets are estimates made without a GPU at hand: the compile_s
 # column of the results says what compilation took, to size them again.
-# Variables: PYTHON, DEVICE (cuda), OUT (benchmarks/results), REPEATS (10), MODULES (all),
-# COMPILE_MODULES (se,eca,cbam), SHAPES, MODELS (resnet20,resnet50), ATTN (none,se,cbam),
-# MODEL_REPEATS (10), COMPILE_BACKEND (inductor), QUICK (1: tiny shapes, batch 2, 2 repeats, resnet8,
-# backend eager: checks the commands on any machine in about a minute), DRY_RUN (1: print the
-# commands, run nothing; tests/test_bench.py parses them).
+#
+# DRY_RUN=1 runs every step's command on the CPU (DEVICE=cpu) at tiny sizes (modules se,eca,cbam at
+# 2x16x8x8; compile se with backend eager; resnet8 with none,se at batch 2; 2 repeats) into a
+# temporary folder (or OUT when given), each step with a budget of 600 s, then checks that each step
+# wrote its table and a JSON with records and was not interrupted; it exits 0 and says "dry run
+# passed", else non-zero. Nothing in benchmarks/results is touched, and no GPU is needed.
+#
+# Variables: PYTHON (default .venv/bin/python, else python3), DEVICE (cuda), OUT (benchmarks/results),
+# REPEATS (10), MODULES (all), COMPILE_MODULES (se,eca,cbam), SHAPES, MODELS (resnet20,resnet50),
+# ATTN (none,se,cbam), MODEL_REPEATS (10), COMPILE_BACKEND (inductor), BUDGET_* (above), DRY_RUN,
+# PRINT_ONLY.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +36,7 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 DEVICE=${DEVICE:-cuda}
+out_given=${OUT:-}
 OUT=${OUT:-benchmarks/results}
 REPEATS=${REPEATS:-10}
 MODULES=${MODULES:-all}
@@ -44,23 +52,35 @@ BUDGET_COMPILE_INFER=${BUDGET_COMPILE_INFER:-50}
 BUDGET_COMPILE_TRAIN=${BUDGET_COMPILE_TRAIN:-70}
 BUDGET_MODELS=${BUDGET_MODELS:-230}
 model_extra=()
-if [[ "${QUICK:-0}" == 1 ]]; then
-    MODULES=se,eca,cbam; COMPILE_MODULES=se; SHAPES=2x16x8x8; REPEATS=2; MODEL_REPEATS=2
+bench_extra=()
+tmp_out=""
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    DEVICE=cpu; MODULES=se,eca,cbam; COMPILE_MODULES=se; SHAPES=2x16x8x8; REPEATS=2; MODEL_REPEATS=2
     MODELS=resnet8; ATTN=none,se; COMPILE_BACKEND=eager; model_extra=(--batch 2)
+    bench_extra=(--warmup 1 --min-time 0.001)
+    # it checks the commands, not the budgets: a busy CPU may take minutes
+    BUDGET_MODULES_INFER=600; BUDGET_MODULES_TRAIN=600; BUDGET_COMPILE_INFER=600; BUDGET_COMPILE_TRAIN=600
+    BUDGET_MODELS=600
+    if [[ -z "$out_given" ]]; then
+        tmp_out=$(mktemp -d); OUT=$tmp_out
+        trap 'rm -rf "$tmp_out"' EXIT
+    fi
 fi
-if [[ "${DRY_RUN:-0}" != 1 && "$DEVICE" == cuda ]] && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-    echo "gpu.sh: no CUDA device here (DEVICE=cpu QUICK=1 checks the commands)" >&2
+if [[ "${PRINT_ONLY:-0}" != 1 && "$DEVICE" == cuda ]] && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "gpu.sh: no CUDA device here (DRY_RUN=1 checks the commands on the CPU)" >&2
     exit 2
 fi
-if [[ "${DRY_RUN:-0}" != 1 ]]; then mkdir -p "$OUT"; fi
+if [[ "${PRINT_ONLY:-0}" != 1 ]]; then mkdir -p "$OUT"; fi
 cut=()
+steps=()
 started=$SECONDS
 
 step() {  # step BUDGET NAME COMMAND...: run with a time budget, tee the table to OUT/NAME.txt
     local budget=$1 name=$2
     shift 2
+    steps+=("$name")
     echo "== $name (budget ${budget} s)" >&2
-    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    if [[ "${PRINT_ONLY:-0}" == 1 ]]; then
         printf '%q ' "$@"
         echo
         return
@@ -80,19 +100,35 @@ budget() { local var="BUDGET_$1_${2^^}"; echo "${!var}"; }
 for mode in infer train; do
     step "$(budget MODULES "$mode")" "modules_${mode}_${DEVICE}" "$PYTHON" -m chanattn bench --device "$DEVICE" \
         --modules "$MODULES" --shapes "$SHAPES" --mode "$mode" --vs timm --repeats "$REPEATS" \
-        --out "$OUT/modules_${mode}_${DEVICE}.json"
+        "${bench_extra[@]}" --out "$OUT/modules_${mode}_${DEVICE}.json"
 done
 for mode in infer train; do
     step "$(budget COMPILE "$mode")" "modules_compile_${mode}_${DEVICE}" "$PYTHON" -m chanattn bench --device "$DEVICE" \
         --modules "$COMPILE_MODULES" --shapes "$SHAPES" --mode "$mode" --vs timm --compile \
-        --compile-backend "$COMPILE_BACKEND" --repeats "$REPEATS" --out "$OUT/modules_compile_${mode}_${DEVICE}.json"
+        --compile-backend "$COMPILE_BACKEND" --repeats "$REPEATS" "${bench_extra[@]}" \
+        --out "$OUT/modules_compile_${mode}_${DEVICE}.json"
 done
 step "$BUDGET_MODELS" "model_overhead_${DEVICE}" "$PYTHON" -m chanattn bench --device "$DEVICE" \
     --models "$MODELS" --attn "$ATTN" --vs timm --compile --compile-backend "$COMPILE_BACKEND" \
-    --repeats "$MODEL_REPEATS" "${model_extra[@]}" --out "$OUT/model_overhead_${DEVICE}.json"
+    --repeats "$MODEL_REPEATS" "${model_extra[@]}" "${bench_extra[@]}" --out "$OUT/model_overhead_${DEVICE}.json"
 
+if [[ "${PRINT_ONLY:-0}" == 1 ]]; then exit 0; fi
 echo "gpu.sh: done in $((SECONDS - started)) s -> $OUT" >&2
 if (( ${#cut[@]} )); then
     echo "gpu.sh: out of budget, interrupted (partial records kept): ${cut[*]}" >&2
     exit 3
+fi
+if [[ "${DRY_RUN:-0}" == 1 ]]; then  # every step wrote its table and its records, uninterrupted
+    "$PYTHON" - "$OUT" "${steps[@]}" <<'PY' || exit 4
+import json, sys
+out, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    with open(f"{out}/{name}.json") as f:
+        data = json.load(f)
+    with open(f"{out}/{name}.txt") as f:
+        table = f.read()
+    if not data.get("records") or data.get("interrupted") or "wrote" not in table:
+        sys.exit(f"gpu.sh: dry run: {name} wrote no complete records")
+print(f"gpu.sh: dry run passed: {len(names)} steps wrote their records ({', '.join(names)})")
+PY
 fi

@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -379,22 +380,70 @@ def test_benchmark_scripts_parse(script):
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], check=True)
 
 
+def test_run_all_regenerates_every_results_file():
+    """run_all.sh (PRINT_ONLY prints its commands) writes exactly the files in benchmarks/results, with
+    valid bench commands, and THREADS=2 (the committed results' setting) reaches every command."""
+    results = ROOT / "benchmarks" / "results"
+    env = {**os.environ, "PRINT_ONLY": "1", "THREADS": "2", "PYTHON": "python"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_all.sh")], capture_output=True, text=True,
+                          env=env, check=True)
+    written = set()
+    for line in done.stdout.splitlines():
+        argv = shlex.split(line)
+        if "|" in argv:  # ... | tee OUT/NAME.txt
+            argv, tee = argv[:argv.index("|")], argv[argv.index("|") + 1:]
+            assert tee[0] == "tee"
+            written.add(Path(tee[1]))
+        assert argv[argv.index("--threads") + 1] == "2", line
+        if argv[1:3] == ["-m", "chanattn"]:
+            args = build_parser().parse_args(argv[3:])
+            assert args.command == "bench" and args.device == "cpu"
+            written.add(Path(args.out))
+        elif argv[1].endswith("model_overhead.py"):
+            out_dir = Path(argv[argv.index("--out-dir") + 1])
+            written |= {out_dir / "model_overhead_cpu.json", out_dir / "model_overhead_cpu.txt"}
+        else:
+            assert argv[1].endswith("cbam_native.py"), line
+    assert {p.parent for p in written} == {Path("benchmarks/results")}
+    assert sorted(p.name for p in written) == sorted(p.name for p in results.iterdir())
+
+
 def test_gpu_script_commands_are_valid_bench_commands():
-    """gpu.sh's commands (DRY_RUN prints them) parse as chanattn commands, on CUDA and at the tiny
-    settings of its CPU check; the run itself needs a GPU (or DEVICE=cpu QUICK=1, about a minute)."""
-    for env in ({}, {"DEVICE": "cpu", "QUICK": "1"}):
+    """gpu.sh's commands (PRINT_ONLY prints them) parse as chanattn commands, on CUDA and at the tiny
+    CPU settings of its dry run."""
+    for env in ({}, {"DRY_RUN": "1"}):
         done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
-                              env={**os.environ, "DRY_RUN": "1", "PYTHON": "python", **env}, check=True)
+                              env={**os.environ, "PRINT_ONLY": "1", "PYTHON": "python", **env}, check=True)
         commands = [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
         assert len(commands) == 5
         outs = []
+        device = "cpu" if env else "cuda"
         for argv in commands:
             assert argv[1:3] == ["-m", "chanattn"]
             args = build_parser().parse_args(argv[3:])
             assert args.command == "bench" and args.vs == "timm" and args.out.endswith(".json")
-            assert args.device == env.get("DEVICE", "cuda")
+            assert args.device == device
             outs.append(Path(args.out).name)
-        device = env.get("DEVICE", "cuda")
         assert outs == [f"modules_infer_{device}.json", f"modules_train_{device}.json",
                         f"modules_compile_infer_{device}.json", f"modules_compile_train_{device}.json",
                         f"model_overhead_{device}.json"]
+
+
+def test_gpu_script_dry_run_runs_its_commands_on_the_cpu(tmp_path):
+    """DRY_RUN=1 runs gpu.sh's five steps on the CPU at tiny sizes and checks what they wrote; no GPU
+    needed. (~40 s on the idle 2-core machine: five bench start-ups and two small compiles.)"""
+    results = ROOT / "benchmarks" / "results"
+    before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                          env={**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "PYTHON": sys.executable},
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gpu.sh: dry run passed: 5 steps" in done.stdout
+    names = ["modules_infer", "modules_train", "modules_compile_infer", "modules_compile_train",
+             "model_overhead"]
+    for name in names:
+        data = json.loads((tmp_path / f"{name}_cpu.json").read_text())
+        assert data["records"] and data["machine"]["device"] == "cpu" and not data.get("interrupted")
+    overhead = json.loads((tmp_path / "model_overhead_cpu.json").read_text())["records"]
+    assert {(r["model"], r["attn"]) for r in overhead} == {("resnet8", "none"), ("resnet8", "se")}
+    assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before  # results untouched
