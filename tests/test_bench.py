@@ -244,7 +244,7 @@ def test_bench_warns_and_takes_one_thread_under_load(tmp_path, capsys, monkeypat
     machine = json.loads(path.read_text())["machine"]
     assert machine["load_warning"] == busy_warning(machine["cores_usable"], 9.0)  # the one text
     assert machine["threads"] == 1 and machine["threads_from"].startswith("chosen")
-    assert "1 torch threads (chosen" in cap.out and "warning: the 1-minute" in cap.out
+    assert "1 torch thread (chosen from" in cap.out and "warning: the 1-minute" in cap.out
 
 
 # ---------------------------------------------------------------------------------- torch.compile

@@ -121,7 +121,8 @@ def _preamble(machine: dict[str, object], args: argparse.Namespace, what: str) -
         where += f" ({machine['gpu']})"
     lines = [
         f"chanattn bench {what}: {where}, CPU {machine['cpu']} ({machine['cores_usable']} usable cores, "
-        f"load {machine['load_avg_1min']}), {machine['threads']} torch threads ({machine['threads_from']}), "
+        f"load {machine['load_avg_1min']}), {machine['threads']} torch "
+        f"thread{'s' if machine['threads'] != 1 else ''} ({machine['threads_from']}), "
         f"torch {machine['torch']}" + (f", timm {machine['timm']}" if args.vs == "timm" else ""),
         f"times: median over {args.repeats} interleaved repeats of >= {args.min_time * 1e3:g} ms each "
         f"after {args.warmup} warm-up calls; q1-q3 = quartiles of the repeats",
