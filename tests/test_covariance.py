@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from chanattn.modules.covariance import covariance_pool, sqrtm_newton_schulz, triu_vectorize
+from chanattn.modules.covariance import covariance_pool, sqrtm_newton_schulz, tril_vectorize, triu_vectorize
 
 
 def _eigh_sqrt(a: torch.Tensor) -> torch.Tensor:
@@ -171,6 +171,15 @@ def test_triu_vectorize_matches_a_loop():
                             for b in range(2)])
     torch.testing.assert_close(triu_vectorize(m), expected)
     assert triu_vectorize(torch.randn(3, 256, 256)).shape == (3, 256 * 257 // 2)
+
+
+def test_tril_vectorize_matches_a_loop():
+    m = torch.randn(2, 5, 5)
+    rows = [[m[b, i, j] for i in range(5) for j in range(i + 1)] for b in range(2)]
+    expected = torch.stack([torch.stack(r) for r in rows])
+    torch.testing.assert_close(tril_vectorize(m), expected)
+    with pytest.raises(ValueError, match=r"tril_vectorize.*\(2, 3\)"):
+        tril_vectorize(torch.randn(2, 3))
 
 
 def test_autocast_is_disabled_inside_and_meta_tensors_work():

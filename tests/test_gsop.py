@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import chanattn
+from chanattn.errors import InputError
 from chanattn.modules.gsop import GSoP, GSoPHead
 from conftest import randomise_norms
 from test_covariance import _eigh_sqrt
@@ -122,6 +123,45 @@ def test_head_matches_covariance_square_root_upper_triangle():
             root = _eigh_sqrt(torch.cov(z[b].reshape(4, -1), correction=0))
             expected.append(torch.stack([root[i, j] for i in range(4) for j in range(i, 4)]))
         torch.testing.assert_close(head(x), torch.stack(expected), rtol=1e-6, atol=1e-8)
+
+
+def test_head_lower_triangle_is_the_official_order():
+    """triangle="lower": the official code's order (MPN-COV's ``Triuvec`` in
+    ZilinGao/Global-Second-order-Pooling-Convolutional-Networks,
+    torchvision/models/MPNCOV/python/MPNCOV.py: the lower triangle row by row) against the
+    eigendecomposition's root written out; and the same features as the default upper order,
+    permuted (the root is symmetric)."""
+    torch.manual_seed(0)
+    lower = GSoPHead(6, rd_channels=4, num_iters=20, triangle="lower").double()
+    randomise_norms(lower)
+    lower.eval()
+    upper = GSoPHead(6, rd_channels=4, num_iters=20).double().eval()
+    upper.load_state_dict(lower.state_dict())
+    assert upper.triangle == "upper" and lower.triangle == "lower"
+    x = torch.randn(3, 6, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        z = F.relu(_bn_eval(F.conv2d(x, lower.conv_reduce.weight), lower.bn_reduce))
+        expected = []
+        for b in range(3):
+            root = _eigh_sqrt(torch.cov(z[b].reshape(4, -1), correction=0))
+            expected.append(torch.stack([root[i, j] for i in range(4) for j in range(i + 1)]))
+        f_lower, f_upper = lower(x), upper(x)
+    torch.testing.assert_close(f_lower, torch.stack(expected), rtol=1e-6, atol=1e-8)
+    # position of (i, j), i <= j, in the upper order; the lower order lists (i, j), j <= i
+    upper_pos = {(i, j): k for k, (i, j) in enumerate((i, j) for i in range(4) for j in range(i, 4))}
+    perm = [upper_pos[(j, i)] for i in range(4) for j in range(i + 1)]
+    assert perm != list(range(len(perm)))  # the orders differ
+    torch.testing.assert_close(f_lower, f_upper[:, perm])
+
+
+def test_head_triangle_through_create_model_and_bad_values():
+    model = chanattn.create_model("resnet8", head="gsop", head_kwargs={"rd_channels": 8, "triangle": "lower"})
+    assert model.pool.triangle == "lower" and model.fc.in_features == 36
+    assert chanattn.create_model("resnet8", head="gsop").pool.triangle == "upper"
+    for bad in ("diagonal", None, 1):
+        expected = rf"^GSoPHead: triangle must be one of 'upper', 'lower', got {bad!r}$"
+        with pytest.raises(InputError, match=expected):
+            GSoPHead(16, triangle=bad)
 
 
 def test_head_gradient_is_finite():

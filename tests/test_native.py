@@ -145,6 +145,27 @@ def test_kernel_declines_what_it_does_not_compute():
 
 
 @needs_cc
+def test_count_macs_sees_what_cbam_computes():
+    """Under a dispatch mode (count_macs's FlopCounterMode) the kernel declines, so the MLP's and
+    the 7x7 convolution's multiply-adds are counted (issue 14: ResNet + CBAM counted as ResNet):
+    per CBAM of C channels on an H x W map, 2 poolings x (C x C/16 + C/16 x C) + 2 x 49 x H x W."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = randomised("cbam", 32)
+    x = torch.randn(1, 32, 8, 8)
+    with torch.no_grad():
+        assert native_out(m, x) is not None
+        with FlopCounterMode(display=False):
+            assert native_out(m, x) is None
+    base = chanattn.create_model("resnet18", num_classes=10)
+    model = chanattn.create_model("resnet18", attn="cbam", num_classes=10)
+    added = sum(n * (2 * 2 * c * (c // 16) + 2 * 49 * h * h)
+                for c, h, n in ((64, 16, 2), (128, 8, 2), (256, 4, 2), (512, 2, 2)))  # at 64 x 64
+    size = (1, 3, 64, 64)
+    assert chanattn.count_macs(model, size) - chanattn.count_macs(base, size) == added
+
+
+@needs_cc
 def test_training_does_not_take_the_kernel():
     """With autograd the PyTorch path runs (the kernel has no backward): gradients flow."""
     m = randomised("cbam", 16)

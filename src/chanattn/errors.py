@@ -9,6 +9,7 @@ the built-in type it means, so that ``except ValueError`` keeps working.
     ├── InputTypeError (TypeError)        an argument of the wrong type
     ├── ExportError (RuntimeError)        a module or model that cannot take an export path
     ├── TrainingDiverged (RuntimeError)   the loss became NaN or Inf
+    ├── NoPretrainedWeights (RuntimeError) pretrained weights asked for that do not exist
     └── MissingDependency (ImportError)   an optional package that is not installed (names the extra)
 
 The library never imports the command line; the command line (:mod:`chanattn.cli`) turns any
@@ -26,6 +27,7 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "MissingDependency",
+    "NoPretrainedWeights",
     "TrainingDiverged",
 ]
 
@@ -74,6 +76,11 @@ class ExportError(ChanattnError, RuntimeError):
 
 class TrainingDiverged(ChanattnError, RuntimeError):
     """The training loss (or the evaluation) became NaN or Inf; the last good checkpoint is kept."""
+
+
+class NoPretrainedWeights(ChanattnError, RuntimeError):
+    """Pretrained weights asked for (``timm.create_model(..., pretrained=True)``) where none exist;
+    a RuntimeError, as timm's own error for a model without weights."""
 
 
 class MissingDependency(ChanattnError, ImportError):

@@ -203,6 +203,13 @@ def _reset_for_tests() -> None:
         _state.clear()
 
 
+def _dispatch_mode_active() -> bool:
+    """A ``TorchDispatchMode`` is watching the ops (counting, faking, logging them)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -228,10 +235,12 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor | None, fc1_bias: tor
             ``None`` skips the spatial stage.
         bn: the spatial stage's BatchNorm2d(1) in eval mode (running statistics), or None.
 
-    No autograd: the caller checks that no gradient is needed.
+    No autograd: the caller checks that no gradient is needed. Under a ``TorchDispatchMode``
+    (``FlopCounterMode`` in :func:`chanattn.models.count_macs`, fake or meta tensors) the kernel
+    declines: it computes outside PyTorch's dispatcher, so the mode would not see its products.
     """
     lib = cbam_library()
-    if lib is None or x.dim() != 4 or not _takes(x, x.numel()):
+    if lib is None or x.dim() != 4 or not _takes(x, x.numel()) or _dispatch_mode_active():
         return None
     b, c, h, w = x.shape
     hidden = kernel = 0

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .classifier import ClassifierMixin, make_classifier
 from .placement import AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 from .resnet import BasicBlock, Bottleneck, ConvFactory, conv1x1, conv3x3, make_resnet_stage, resnet_stage_of
@@ -130,7 +132,7 @@ def _preact_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Mod
     return conv1x1(in_channels, out_channels, stride)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierMixin, nn.Module):
     """The CIFAR ResNet: a 3x3 convolution, three stages of n blocks (strides 1-2-2), global average
     pooling and a linear classifier.
 
@@ -163,12 +165,17 @@ class CifarResNet(nn.Module):
         preact: pre-activation blocks (bottleneck only; default: True for the bottleneck).
         attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`).
         head: ``"avg"`` (default) or ``"gsop"`` (covariance pooling); head_kwargs: its options.
+        global_pool: with ``head="avg"``, timm's pooling type (default ``"avg"``).
+
+    timm's API as :class:`~chanattn.models.resnet.ResNet`: ``forward_head``, ``reset_classifier``,
+    ``feature_info`` (the stem's ``act1``, ``layer1``, ``layer2``, and ``act``: the last stage
+    after the pre-activation network's final BN and ReLU), ``inplanes``, ``num_classes=0``.
     """
 
     def __init__(self, depth: int = 20, num_classes: int = 10, *, in_chans: int = 3,
                  widths: Sequence[int] = (16, 32, 64), shortcut: str = "conv", block: str = "basic",
                  preact: bool | None = None, attn: AttnSpec | AttnPlan = None, attn_kwargs: AttnKwargs = None,
-                 head: str = "avg", head_kwargs: dict | None = None) -> None:
+                 head: str = "avg", head_kwargs: dict | None = None, global_pool: str = "avg") -> None:
         super().__init__()
         owner = type(self).__name__
         if block not in BLOCKS:
@@ -210,6 +217,7 @@ class CifarResNet(nn.Module):
         strides = (1, 2, 2)
         after = stage_end_flags(strides)
         in_channels = widths[0]
+        self.feature_info = [{"num_chs": in_channels, "reduction": 1, "module": "act1"}]
         for i, w in enumerate(widths):
             stage = make_resnet_stage(block_cls, in_channels, w, n, strides[i], plan,
                                       make_downsample=make_downsample, index=i, size=size,
@@ -217,12 +225,18 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
             in_channels = w * block_cls.expansion
             size = downsampled(size, strides[i])
+            reduction = self.feature_info[-1]["reduction"] * strides[i]
+            self.feature_info.append({"num_chs": in_channels, "reduction": reduction,
+                                      "module": "act" if i == 2 else f"layer{i + 1}"})
         # the pre-activation network's last BN and ReLU before the pooling (none after post-activation blocks)
         self.bn = nn.BatchNorm2d(in_channels) if preact else nn.Identity()
         self.act = nn.ReLU(inplace=True) if preact else nn.Identity()
-        self.num_features = in_channels
-        self.pool, features = make_pool(head, in_channels, head_kwargs, owner=owner)
-        self.fc = nn.Linear(features, num_classes)
+        self.num_features = self.inplanes = in_channels
+        self.pool, self.head_hidden_size = make_pool(head, in_channels, head_kwargs, owner=owner,
+                                                     global_pool=global_pool)
+        self.fc = make_classifier(self.head_hidden_size, num_classes, global_pool)
+        self.num_classes = num_classes
+        self.drop_rate = 0.0
         init_backbone_(self, keep=[*plan.created, self.pool])
         plan.before_every_conv(self, lambda name: resnet_stage_of(name, (n, n, n)))
 
@@ -230,15 +244,23 @@ class CifarResNet(nn.Module):
         x = self.act1(self.bn1(self.conv1(x)))
         return self.act(self.bn(self.layer3(self.layer2(self.layer1(x)))))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooling, dropout (``drop_rate``) and classifier; ``pre_logits``: stop before the classifier."""
+        x = self.pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 def _register_depth(depth: int, description: str) -> None:
     def factory(*, attn=None, attn_kwargs=None, num_classes=10, in_chans=3, shortcut="conv",
-                widths=(16, 32, 64), head="avg", head_kwargs=None) -> CifarResNet:
+                widths=(16, 32, 64), head="avg", head_kwargs=None, global_pool="avg") -> CifarResNet:
         return CifarResNet(depth, num_classes, in_chans=in_chans, widths=widths, shortcut=shortcut,
-                           attn=attn, attn_kwargs=attn_kwargs, head=head, head_kwargs=head_kwargs)
+                           attn=attn, attn_kwargs=attn_kwargs, head=head, head_kwargs=head_kwargs,
+                           global_pool=global_pool)
 
     factory.__name__ = factory.__qualname__ = f"resnet{depth}"
     factory.__doc__ = f"CIFAR ResNet-{depth}: {description}. See :class:`CifarResNet`."
@@ -249,9 +271,10 @@ def _register_depth(depth: int, description: str) -> None:
 
 def _register_bottleneck_depth(depth: int, description: str) -> None:
     def factory(*, attn=None, attn_kwargs=None, num_classes=10, in_chans=3, preact=True, head="avg",
-                head_kwargs=None) -> CifarResNet:
+                head_kwargs=None, global_pool="avg") -> CifarResNet:
         return CifarResNet(depth, num_classes, in_chans=in_chans, block="bottleneck", preact=preact,
-                           attn=attn, attn_kwargs=attn_kwargs, head=head, head_kwargs=head_kwargs)
+                           attn=attn, attn_kwargs=attn_kwargs, head=head, head_kwargs=head_kwargs,
+                           global_pool=global_pool)
 
     factory.__name__ = factory.__qualname__ = f"resnet{depth}"
     factory.__doc__ = (f"CIFAR ResNet-{depth}: {description}; ``preact=False`` for the post-activation "

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..layers import make_divisible
+from .classifier import ClassifierMixin, GlobalPool, make_classifier
 from .placement import AttnAfter, AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, stage_end_flags
 from .registry import register_model
 from .resnet import ConvFactory
@@ -39,6 +40,8 @@ class ConvBNAct(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU6(inplace=True),
         )
+        # read by torchvision's detection helpers, as its Conv2dNormActivation's
+        self.out_channels = out_channels
 
 
 class InvertedResidual(nn.Module):
@@ -64,6 +67,7 @@ class InvertedResidual(nn.Module):
         hidden = round(in_channels * expand_ratio)
         self.stride = stride
         self.out_channels = out_channels
+        self._is_cn = stride > 1  # torchvision's mark of a downsampling block (its detection helpers read it)
         self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expand_ratio != 1:
@@ -86,7 +90,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ClassifierMixin, nn.Module):
     """MobileNetV2 (the paper's Table 2) with an attention module.
 
     Attention where its paper puts it (see :func:`chanattn.create_model`), a stage being a row of
@@ -105,11 +109,20 @@ class MobileNetV2(nn.Module):
             for 224x224 inputs) or ``"cifar"`` (both with stride 1: 32x32 inputs end at 4x4).
         dropout: before the classifier (default 0.2).
         attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`).
+        global_pool: timm's pooling type (default ``"avg"``).
+
+    timm's API as :class:`~chanattn.models.resnet.ResNet`: ``forward_head``, ``reset_classifier``
+    (the classifier is ``classifier.1``), ``num_classes=0``, and ``feature_info`` at the end of
+    each resolution, the stage rows followed by a stride-2 row and the last (timm's MobileNetV2
+    taps: 16, 24, 32, 96 and 320 channels at strides 2 to 32 for 224x224 inputs).
     """
+
+    _pool_name = "global_pool"
+    _classifier_name = "classifier.1"
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, *, in_chans: int = 3,
                  stem: str = "imagenet", dropout: float = 0.2, attn: AttnSpec | AttnPlan = None,
-                 attn_kwargs: AttnKwargs = None) -> None:
+                 attn_kwargs: AttnKwargs = None, global_pool: str = "avg") -> None:
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
@@ -136,6 +149,8 @@ class MobileNetV2(nn.Module):
         size = downsampled(size, first_stride)
         after = stage_end_flags([row[3] for row in settings])
         stage_of: dict[int, tuple[int, int]] = {}  # feature index -> (stage, blocks of the stage)
+        reduction = first_stride
+        self.feature_info = []
         for i, (t, c, n, s) in enumerate(settings):
             out_channels = make_divisible(c * width_mult, 8)
             out_size = downsampled(size, s)
@@ -151,13 +166,22 @@ class MobileNetV2(nn.Module):
                 features.append(block if post is None else AttnAfter(block, post))
                 in_channels = out_channels
             size = out_size
+            reduction *= s
+            if i == len(settings) - 1 or settings[i + 1][3] == 2:  # the end of a resolution
+                self.feature_info.append({"num_chs": out_channels, "reduction": reduction,
+                                          "module": f"features.{len(features) - 1}"})
         features.append(ConvBNAct(in_channels, self.last_channels, 1))
         self.features = nn.Sequential(*features)
         self.num_features = self.last_channels
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channels, num_classes))
+        self.global_pool = GlobalPool(global_pool)
+        self.head_hidden_size = self.last_channels * self.global_pool.feat_mult()
+        self.classifier = nn.Sequential(nn.Dropout(dropout),
+                                        make_classifier(self.head_hidden_size, num_classes, global_pool))
+        self.num_classes = num_classes
         init_backbone_(self, keep=plan.created)
-        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
-        nn.init.zeros_(self.classifier[1].bias)
+        if num_classes:
+            nn.init.normal_(self.classifier[1].weight, 0, 0.01)
+            nn.init.zeros_(self.classifier[1].bias)
 
         def feature_stage(name: str) -> tuple[int, int]:
             parts = name.split(".")
@@ -170,14 +194,20 @@ class MobileNetV2(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooling, dropout and classifier; ``pre_logits``: stop before the classifier."""
+        x = self.classifier[0](self.global_pool(x))
+        return x if pre_logits else self.classifier[1](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x).mean((2, 3)))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model("mobilenet_v2", family="mobile", input_size=(3, 224, 224), num_classes=1000,
+                first_conv="features.0.0", classifier="classifier.1",
                 description="MobileNetV2 1.0 (17 inverted residuals), 3.5 M params; stem='cifar' for 32x32")
 def mobilenet_v2(*, attn=None, attn_kwargs=None, num_classes=1000, width_mult=1.0, in_chans=3,
-                 stem="imagenet", dropout=0.2) -> MobileNetV2:
+                 stem="imagenet", dropout=0.2, global_pool="avg") -> MobileNetV2:
     """MobileNetV2. See :class:`MobileNetV2`."""
     return MobileNetV2(num_classes, width_mult, in_chans=in_chans, stem=stem, dropout=dropout, attn=attn,
-                       attn_kwargs=attn_kwargs)
+                       attn_kwargs=attn_kwargs, global_pool=global_pool)

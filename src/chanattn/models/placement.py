@@ -356,20 +356,30 @@ def _map_unwrapped_keys(module: AttnAfter, state_dict: dict, prefix: str, *args)
             state_dict[f"{prefix}module.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
-def make_pool(head: str, channels: int, head_kwargs: dict | None = None, *, owner: str
-              ) -> tuple[nn.Module, int]:
+def make_pool(head: str, channels: int, head_kwargs: dict | None = None, *, owner: str,
+              global_pool: str = "avg") -> tuple[nn.Module, int]:
     """The global pooling before the classifier and its number of output features.
 
-    ``head="avg"``: global average pooling (C features). ``head="gsop"``: the covariance-pooling
-    head of GSoP-Net2 (:class:`chanattn.modules.gsop.GSoPHead`, d(d+1)/2 features).
+    ``head="avg"``: a :class:`~chanattn.models.classifier.GlobalPool` of type ``global_pool``
+    (default ``"avg"``, global average pooling: C features; timm's ``"max"``, ``"avgmax"``,
+    ``"catavgmax"`` (2C), ``""``). ``head="gsop"``: the covariance-pooling head of GSoP-Net2
+    (:class:`chanattn.modules.gsop.GSoPHead`, d(d+1)/2 features).
     """
+    from .classifier import POOL_TYPES, GlobalPool
+
     if head == "avg":
         if head_kwargs:
             raise InputError(f"{owner}: head='avg' takes no head_kwargs, got {sorted(head_kwargs)}")
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), channels
+        if global_pool not in POOL_TYPES:
+            raise InputError(f"{owner}: global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+        pool = GlobalPool(global_pool)
+        return pool, channels * pool.feat_mult()
     if head == "gsop":
         from ..modules.gsop import GSoPHead
 
+        if global_pool != "avg":
+            raise InputError(f"{owner}: head='gsop' is its own pooling; global_pool must stay 'avg', "
+                             f"got {global_pool!r}")
         pool = GSoPHead(channels, **(head_kwargs or {}))
         return pool, pool.out_features
     raise InputError(f"{owner}: head must be 'avg' or 'gsop', got {head!r}")

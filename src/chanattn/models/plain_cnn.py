@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .classifier import ClassifierMixin, make_classifier
 from .placement import AttnKwargs, AttnPlan, AttnSpec, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 from .resnet import ConvFactory, conv3x3, resnet_stage_of
@@ -56,7 +58,7 @@ class ConvLayer(nn.Module):
         return out
 
 
-class PlainCNN(nn.Module):
+class PlainCNN(ClassifierMixin, nn.Module):
     """Stages of ``layers_per_stage`` 3x3 conv-BN-ReLU layers (``widths`` channels), 2x2 max
     pooling between the stages, global average pooling and a linear classifier.
 
@@ -71,11 +73,15 @@ class PlainCNN(nn.Module):
         layers_per_stage: default 2.
         num_classes: default 10; in_chans: default 3.
         attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`).
+        global_pool: timm's pooling type (default ``"avg"``).
+
+    timm's API as :class:`~chanattn.models.resnet.ResNet`: ``forward_head``, ``reset_classifier``,
+    ``feature_info`` (one entry per stage, ``layer1`` ...), ``num_classes=0``, ``drop_rate``.
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128), layers_per_stage: int = 2,
                  num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec | AttnPlan = None,
-                 attn_kwargs: AttnKwargs = None) -> None:
+                 attn_kwargs: AttnKwargs = None, global_pool: str = "avg") -> None:
         super().__init__()
         owner = type(self).__name__
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
@@ -89,6 +95,7 @@ class PlainCNN(nn.Module):
         strides = [1] + [2] * (len(widths) - 1)  # each later stage starts after a 2x2 pooling
         after = stage_end_flags(strides)
         in_channels = in_chans
+        self.feature_info = []
         for i, width in enumerate(widths):
             if i > 0 and size is not None:  # 2x2 max pooling
                 size = (max(1, size[0] // 2), max(1, size[1] // 2))
@@ -104,10 +111,14 @@ class PlainCNN(nn.Module):
             if post is not None:
                 layers.append(post)
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+            self.feature_info.append({"num_chs": width, "reduction": 2 ** i, "module": f"layer{i + 1}"})
         self.num_stages = len(widths)
         self.num_features = in_channels
-        self.pool, features = make_pool("avg", in_channels, None, owner=owner)
-        self.fc = nn.Linear(features, num_classes)
+        self.pool, self.head_hidden_size = make_pool("avg", in_channels, None, owner=owner,
+                                                     global_pool=global_pool)
+        self.fc = make_classifier(self.head_hidden_size, num_classes, global_pool)
+        self.num_classes = num_classes
+        self.drop_rate = 0.0
         init_backbone_(self, keep=plan.created)
         plan.before_every_conv(self, lambda name: resnet_stage_of(name, [layers_per_stage] * len(widths)))
 
@@ -116,15 +127,22 @@ class PlainCNN(nn.Module):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooling, dropout (``drop_rate``) and classifier; ``pre_logits``: stop before the classifier."""
+        x = self.pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
-@register_model("plain_cnn", family="plain",
+@register_model("plain_cnn", family="plain", first_conv="layer1.0.conv",
                 description="plain CNN (seed 000's baseline): 3 stages x 2 conv-BN-ReLU (32-64-128), "
                             "0.29 M params")
 def plain_cnn(*, attn=None, attn_kwargs=None, num_classes=10, widths=(32, 64, 128), layers_per_stage=2,
-              in_chans=3) -> PlainCNN:
+              in_chans=3, global_pool="avg") -> PlainCNN:
     """The plain CNN baseline. See :class:`PlainCNN`."""
     return PlainCNN(widths, layers_per_stage, num_classes, in_chans=in_chans, attn=attn,
-                    attn_kwargs=attn_kwargs)
+                    attn_kwargs=attn_kwargs, global_pool=global_pool)

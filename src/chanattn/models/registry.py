@@ -18,6 +18,12 @@ __all__ = ["FAMILIES", "ModelInfo", "create_model", "list_models", "model_info",
 #: The families of :func:`list_models`.
 FAMILIES = ("cifar", "imagenet", "mobile", "plain")
 
+#: The input normalisation a model's ``pretrained_cfg`` gives by family (timm's data config reads
+#: it): ImageNet's for the 224x224 families, CIFAR-10's (as :mod:`chanattn.data.cifar`) for the rest.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -31,6 +37,8 @@ class ModelInfo:
         input_size: the (C, H, W) the architecture is made for.
         num_classes: the default number of classes.
         factory: the function that builds it.
+        first_conv, classifier: the names of the first convolution and of the classifier in the
+            model (as timm's ``pretrained_cfg``).
     """
 
     name: str
@@ -39,21 +47,40 @@ class ModelInfo:
     input_size: tuple[int, int, int]
     num_classes: int
     factory: Callable[..., nn.Module] = field(repr=False, compare=False)
+    first_conv: str = "conv1"
+    classifier: str = "fc"
+
+    def default_cfg(self, **overrides) -> dict:
+        """The model's ``pretrained_cfg`` as timm's (``timm.models.PretrainedCfg`` fields): input size,
+        interpolation, crop, mean, std, classes, ``first_conv``, ``classifier``; no weights
+        (chanattn publishes none). ``overrides`` replace fields."""
+        imagenet = self.family in ("imagenet", "mobile")
+        cfg = {"url": "", "architecture": self.name, "input_size": self.input_size,
+               "interpolation": "bilinear", "crop_pct": 0.875 if imagenet else 1.0, "crop_mode": "center",
+               "mean": IMAGENET_MEAN if imagenet else CIFAR10_MEAN,
+               "std": IMAGENET_STD if imagenet else CIFAR10_STD,
+               "num_classes": self.num_classes, "first_conv": self.first_conv, "classifier": self.classifier,
+               "license": "mit", "description": self.description}
+        cfg.update(overrides)
+        return cfg
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
 def register_model(name: str, *, family: str, description: str,
-                   input_size: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10):
-    """Decorator that registers a factory ``f(*, attn, attn_kwargs, num_classes, **options)``."""
+                   input_size: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,
+                   first_conv: str = "conv1", classifier: str = "fc"):
+    """Decorator that registers a factory ``f(*, attn, attn_kwargs, num_classes, **options)``
+    (``first_conv``, ``classifier``: the names of those layers in its models)."""
     if family not in FAMILIES:
         raise InputError(f"register_model({name!r}): family must be one of {FAMILIES}, got {family!r}")
 
     def decorator(factory):
         if name in _MODELS:
             raise InputError(f"register_model({name!r}): the name is already registered")
-        _MODELS[name] = ModelInfo(name, family, description, tuple(input_size), num_classes, factory)
+        _MODELS[name] = ModelInfo(name, family, description, tuple(input_size), num_classes, factory,
+                                  first_conv, classifier)
         return factory
 
     return decorator
@@ -112,7 +139,8 @@ def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = Non
         attn: a registered module name (:func:`chanattn.list_modules`), a callable
             ``f(channels, **kwargs)`` returning a module (placed per block unless ``placement``
             says otherwise), or None.
-        num_classes: default: the architecture's (10 for the CIFAR family, 1000 for ImageNet).
+        num_classes: default: the architecture's (10 for the CIFAR family, 1000 for ImageNet); 0:
+            no classifier, the model returns its pooled features (timm's convention).
         attn_kwargs: options for the attention module's constructor, over its per-stage settings:
             a dict, or a callable ``f(stage) -> dict | None`` of the
             :class:`~chanattn.registry.Stage` (index, channels, size ...; None: no module there).
@@ -135,8 +163,8 @@ def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = Non
     owner = f"create_model({arch!r})"
     if num_classes is None:
         num_classes = info.num_classes
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise InputError(f"{owner}: num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise InputError(f"{owner}: num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
     signature = inspect.signature(info.factory)
     options = sorted(p for p in signature.parameters if p not in ("attn", "attn_kwargs", "num_classes"))
     unknown = sorted(set(kwargs) - set(options))
@@ -162,4 +190,11 @@ def create_model(arch: str, attn: AttnSpec = None, num_classes: int | None = Non
     model.chanattn_config = {"arch": info.name, "attn": attn if named else None, "attn_callable": not named,
                              "attn_kwargs": dict(plan.kwargs), "num_classes": num_classes,
                              "model_kwargs": built}
+    # timm's description of the model's input and layers (timm.create_model replaces it with the
+    # registered one of chanattn.timm, the same fields)
+    size = getattr(model, "default_input_size", None) or info.input_size[1:]
+    small = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, "crop_pct": 1.0} if kwargs.get("stem") == "cifar" \
+        else {}
+    model.pretrained_cfg = model.default_cfg = info.default_cfg(
+        input_size=(kwargs.get("in_chans", info.input_size[0]), *size), num_classes=num_classes, **small)
     return model

@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .classifier import ClassifierMixin, make_classifier
 from .placement import AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 
@@ -207,8 +209,17 @@ def _conv_downsample(in_channels: int, out_channels: int, stride: int) -> nn.Mod
     return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierMixin, nn.Module):
     """The ImageNet ResNet (and ResNeXt, Wide-ResNet-50-2) with an attention module.
+
+    As timm's ResNet: ``forward_features`` (the last stage's map), ``forward_head(x,
+    pre_logits=False)``, ``reset_classifier(num_classes, global_pool=None)``,
+    ``get_classifier()``, ``num_classes``, ``num_features``, ``feature_info`` (the stem's ReLU and
+    ``layer1`` ... ``layer4``, for ``timm.create_model(..., features_only=True)`` through
+    :mod:`chanattn.timm`) and ``drop_rate`` (dropout before the classifier, default 0). As
+    torchvision's: the children in the order of the forward pass (``conv1``, ``bn1``, ``relu``,
+    ``maxpool``, ``layer1`` ...) and ``inplanes`` (the last stage's channels), which torchvision's
+    ``IntermediateLayerGetter`` and detection backbones (``BackboneWithFPN``) read.
 
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
@@ -229,13 +240,18 @@ class ResNet(nn.Module):
         head: ``"avg"`` (default, global average pooling) or ``"gsop"`` (GSoP-Net2's covariance
             pooling head); head_kwargs: its options.
         zero_init_residual: initialise the last BN of each residual branch to zero (default False).
+        global_pool: with ``head="avg"``, timm's pooling type (default ``"avg"``; ``"max"``,
+            ``"avgmax"``, ``"catavgmax"``; :class:`~chanattn.models.classifier.GlobalPool`).
+        num_classes: 0 gives no classifier (the model returns pooled features, as timm's).
     """
+
+    _pool_name = "avgpool"
 
     def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 1000, *,
                  in_chans: int = 3, stem: str = "imagenet", groups: int = 1, width_per_group: int = 64,
                  stride_in_1x1: bool = False, last_stride: int = 2, attn: AttnSpec | AttnPlan = None,
                  attn_kwargs: AttnKwargs = None, head: str = "avg", head_kwargs: dict | None = None,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, global_pool: str = "avg") -> None:
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
@@ -246,15 +262,19 @@ class ResNet(nn.Module):
         size = plan.bind(num_stages=len(layers), default_input_size=224 if stem == "imagenet" else 32,
                          head=head)
         self.default_input_size = size
+        # the children in the order of the forward pass, as torchvision's: IntermediateLayerGetter
+        # (detection backbones) and timm's FeatureListNet run them in this order
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             size = downsampled(downsampled(size, 2), 2)
         else:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        reduction = 2 if stem == "imagenet" else 1
+        self.feature_info = [{"num_chs": 64, "reduction": reduction, "module": "relu"}]
+        reduction *= 2 if stem == "imagenet" else 1
         strides = (1, 2, 2, last_stride)
         after = stage_end_flags(strides)
         in_channels = 64
@@ -266,9 +286,15 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
             in_channels = planes * block.expansion
             size = downsampled(size, strides[i])
-        self.num_features = in_channels
-        self.avgpool, features = make_pool(head, in_channels, head_kwargs, owner=owner)
-        self.fc = nn.Linear(features, num_classes)
+            reduction *= strides[i]
+            self.feature_info.append({"num_chs": in_channels, "reduction": reduction,
+                                      "module": f"layer{i + 1}"})
+        self.num_features = self.inplanes = in_channels
+        self.avgpool, self.head_hidden_size = make_pool(head, in_channels, head_kwargs, owner=owner,
+                                                        global_pool=global_pool)
+        self.fc = make_classifier(self.head_hidden_size, num_classes, global_pool)
+        self.num_classes = num_classes
+        self.drop_rate = 0.0
         init_backbone_(self, keep=[*plan.created, self.avgpool])
         if zero_init_residual:
             for m in self.modules():
@@ -282,8 +308,16 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooling, dropout (``drop_rate``) and classifier on ``forward_features``' output;
+        ``pre_logits``: stop before the classifier."""
+        x = self.avgpool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.avgpool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 _IMAGENET = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
@@ -295,10 +329,12 @@ def _register_resnet(name: str, block: type[nn.Module], layers: tuple[int, ...],
     :class:`ResNet` with ``block``, ``layers`` and the ``fixed`` options (ResNeXt's groups ...)."""
 
     def factory(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet", head="avg",
-                head_kwargs=None, zero_init_residual=False, stride_in_1x1=False, last_stride=2) -> ResNet:
+                head_kwargs=None, zero_init_residual=False, stride_in_1x1=False, last_stride=2,
+                global_pool="avg") -> ResNet:
         return ResNet(block, layers, num_classes, in_chans=in_chans, stem=stem, stride_in_1x1=stride_in_1x1,
                       last_stride=last_stride, attn=attn, attn_kwargs=attn_kwargs, head=head,
-                      head_kwargs=head_kwargs, zero_init_residual=zero_init_residual, **fixed)
+                      head_kwargs=head_kwargs, zero_init_residual=zero_init_residual, global_pool=global_pool,
+                      **fixed)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"{description}. See :class:`ResNet` for the options."

@@ -4,9 +4,11 @@ WRN-d-k, pre-activation basic blocks, widths 16k-32k-64k, dropout between the co
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .classifier import ClassifierMixin, make_classifier
 from .placement import AttnKwargs, AttnPlan, AttnSpec, downsampled, init_backbone_, make_pool, stage_end_flags
 from .registry import register_model
 from .resnet import ConvFactory, conv1x1, conv3x3, resnet_stage_of
@@ -65,7 +67,7 @@ class WideBasicBlock(nn.Module):
         return out + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(ClassifierMixin, nn.Module):
     """WRN-d-k for 32x32 inputs: a 3x3 convolution to 16 channels, three stages of (d - 4) / 6
     pre-activation blocks with 16k, 32k, 64k channels (strides 1, 2, 2), BN, ReLU, global average
     pooling and a linear classifier. WRN-28-10 has 36.5 M parameters, WRN-22-10 26.8 M.
@@ -80,11 +82,17 @@ class WideResNet(nn.Module):
         dropout: between the block's convolutions (default 0; the paper uses 0.3 on CIFAR).
         num_classes: default 10; in_chans: default 3.
         attn, attn_kwargs: the attention module (see :func:`chanattn.create_model`).
+        global_pool: timm's pooling type (default ``"avg"``).
+
+    timm's API as :class:`~chanattn.models.resnet.ResNet`: ``forward_head``, ``reset_classifier``,
+    ``feature_info`` (``conv1``, ``layer1``, ``layer2``, and ``act``: the last stage after the
+    final BN and ReLU), ``num_classes=0``; ``drop_rate`` is the dropout before the classifier
+    (``dropout`` is the one inside the blocks).
     """
 
     def __init__(self, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0,
                  num_classes: int = 10, *, in_chans: int = 3, attn: AttnSpec | AttnPlan = None,
-                 attn_kwargs: AttnKwargs = None) -> None:
+                 attn_kwargs: AttnKwargs = None, global_pool: str = "avg") -> None:
         super().__init__()
         owner = type(self).__name__
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
@@ -102,6 +110,7 @@ class WideResNet(nn.Module):
         strides = (1, 2, 2)
         after = stage_end_flags(strides)
         in_channels = 16
+        self.feature_info = [{"num_chs": 16, "reduction": 1, "module": "conv1"}]
         for i, width in enumerate((16 * widen_factor, 32 * widen_factor, 64 * widen_factor)):
             out_size = downsampled(size, strides[i])
             stage = plan.stage(i, width, out_size, n)
@@ -118,11 +127,17 @@ class WideResNet(nn.Module):
                 blocks.append(post)
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             in_channels, size = width, out_size
+            reduction = self.feature_info[-1]["reduction"] * strides[i]
+            self.feature_info.append({"num_chs": width, "reduction": reduction,
+                                      "module": "act" if i == 2 else f"layer{i + 1}"})
         self.bn = nn.BatchNorm2d(in_channels)
         self.act = nn.ReLU(inplace=True)
         self.num_features = in_channels
-        self.pool, features = make_pool("avg", in_channels, None, owner=owner)
-        self.fc = nn.Linear(features, num_classes)
+        self.pool, self.head_hidden_size = make_pool("avg", in_channels, None, owner=owner,
+                                                     global_pool=global_pool)
+        self.fc = make_classifier(self.head_hidden_size, num_classes, global_pool)
+        self.num_classes = num_classes
+        self.drop_rate = 0.0
         init_backbone_(self, keep=plan.created)
         plan.before_every_conv(self, lambda name: resnet_stage_of(name, (n, n, n)))
 
@@ -130,33 +145,46 @@ class WideResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return self.act(self.bn(x))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooling, dropout (``drop_rate``) and classifier; ``pre_logits``: stop before the classifier."""
+        x = self.pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model("wide_resnet", family="cifar",
                 description="Wide-ResNet WRN-d-k (options depth=28, widen_factor=10, dropout=0), "
                             "36.5 M params")
 def wide_resnet(*, attn=None, attn_kwargs=None, num_classes=10, depth=28, widen_factor=10, dropout=0.0,
-                in_chans=3) -> WideResNet:
+                in_chans=3, global_pool="avg") -> WideResNet:
     """WRN-d-k (default WRN-28-10). See :class:`WideResNet`."""
     return WideResNet(depth, widen_factor, dropout, num_classes, in_chans=in_chans, attn=attn,
-                      attn_kwargs=attn_kwargs)
+                      attn_kwargs=attn_kwargs, global_pool=global_pool)
 
 
 @register_model("wrn16_4", family="cifar", description="Wide-ResNet WRN-16-4, 2.7 M params")
-def wrn16_4(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3) -> WideResNet:
+def wrn16_4(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3,
+             global_pool="avg") -> WideResNet:
     """WRN-16-4. See :class:`WideResNet`."""
-    return WideResNet(16, 4, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs)
+    return WideResNet(16, 4, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs,
+                      global_pool=global_pool)
 
 
 @register_model("wrn22_10", family="cifar", description="Wide-ResNet WRN-22-10, 26.8 M params")
-def wrn22_10(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3) -> WideResNet:
+def wrn22_10(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3,
+             global_pool="avg") -> WideResNet:
     """WRN-22-10 (the wide network of the C3 paper's CIFAR-100 table). See :class:`WideResNet`."""
-    return WideResNet(22, 10, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs)
+    return WideResNet(22, 10, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs,
+                      global_pool=global_pool)
 
 
 @register_model("wrn28_10", family="cifar", description="Wide-ResNet WRN-28-10, 36.5 M params")
-def wrn28_10(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3) -> WideResNet:
+def wrn28_10(*, attn=None, attn_kwargs=None, num_classes=10, dropout=0.0, in_chans=3,
+             global_pool="avg") -> WideResNet:
     """WRN-28-10. See :class:`WideResNet`."""
-    return WideResNet(28, 10, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs)
+    return WideResNet(28, 10, dropout, num_classes, in_chans=in_chans, attn=attn, attn_kwargs=attn_kwargs,
+                      global_pool=global_pool)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["covariance_pool", "sqrtm_newton_schulz", "triu_vectorize"]
+__all__ = ["covariance_pool", "sqrtm_newton_schulz", "tril_vectorize", "triu_vectorize"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # devices with an autocast state to switch off (``torch.autocast`` raises for others, e.g. meta)
@@ -132,4 +132,23 @@ def triu_vectorize(m: torch.Tensor) -> torch.Tensor:
         raise InputError(f"triu_vectorize: expected (..., n, n) matrices, got shape {tuple(m.shape)}")
     n = m.shape[-1]
     rows, cols = torch.triu_indices(n, n, device=m.device)
+    return m[..., rows, cols]
+
+
+def tril_vectorize(m: torch.Tensor) -> torch.Tensor:
+    """The lower triangle (diagonal included) of square matrices, row by row, as a vector: the
+    order of MPN-COV's ``Triuvec`` in the official GSoP and iSQRT-COV code (which indexes the
+    transposed upper-triangle mask). For a symmetric matrix, the same numbers as
+    :func:`triu_vectorize`, in another order.
+
+    Args:
+        m: (..., n, n).
+
+    Returns:
+        (..., n * (n + 1) / 2): m[i, j] for i >= j in row-major order.
+    """
+    if m.dim() < 2 or m.shape[-1] != m.shape[-2]:
+        raise InputError(f"tril_vectorize: expected (..., n, n) matrices, got shape {tuple(m.shape)}")
+    n = m.shape[-1]
+    rows, cols = torch.tril_indices(n, n, device=m.device)
     return m[..., rows, cols]

@@ -25,20 +25,27 @@ class Encoding(nn.Module):
     smoothing factors s_k, and the assignment-weighted residuals are summed per codeword. Maps
     (B, D, H, W) to (B, K, D).
 
-    The residuals are never materialised as a (B, N, K, D) tensor: ||x_i - d_k||^2 is expanded
-    into ||x_i||^2 - 2 x_i.d_k + ||d_k||^2 and e_k = sum_i a_ik x_i - (sum_i a_ik) d_k, which is
-    the same map in O(B N K + B K D) memory.
+    The residuals are never materialised as a (B, N, K, D) tensor. x and the codewords are first
+    centred on the codewords' mean m (xc_i = x_i - m, dc_k = d_k - m: the same differences, so the
+    same map; m is a constant, the map's gradient through it being exactly zero); then
+    ||x_i - d_k||^2 is expanded into ||xc_i||^2 - 2 xc_i.dc_k + ||dc_k||^2 and
+    e_k = sum_i a_ik xc_i - (sum_i a_ik) dc_k, the same map in O(B N K + B K D) memory. The
+    centring is this implementation's (the official code expands x and d as they are): uncentred,
+    the expansion subtracts numbers of size ||x||^2 to get one of size ||x - d||^2, and in float32
+    the output's relative error was 1.6e-4 at features and codewords around 10, 1.4e-3 around 30
+    (spread by 0.1; measured against float64); centred it is about 1e-7 at any offset, as near 0.
 
     Initialisation as in the official code: d_k ~ U(-1/sqrt(KD), 1/sqrt(KD)). The official code
     stores ``scale`` = -s_k ~ U(-1, 0) and takes softmax(scale * dist); here the parameter is the
     paper's s_k ~ U(0, 1) and the softmax takes -s_k * dist: the same map and initial values.
     Neither constrains s_k to stay positive during training.
 
-    Under autograd (eager, no autocast) ``forward`` does not keep a copy of its input:
-    ``x @ d.t()`` on the (B, N, D) transposed view of a contiguous map folds it into a (B*N, D)
-    matrix, a copy that autograd keeps for the codewords' gradient (one input size); an autograd
-    Function (:class:`_FoldedProducts`) runs the same product and folds x again in the backward
-    (the same values and gradients, bit for bit). The plain formula is ``forward_reference``.
+    Under autograd (eager, no autocast) ``forward`` keeps no copy of its input: the centred x is
+    a new (B, N, D) tensor, and ``x @ d.t()`` on the (B, N, D) transposed view of a contiguous map
+    folds it into a (B*N, D) matrix, copies autograd would keep; two autograd Functions
+    (:class:`_CentredDistances`, :class:`_CentredAggregate`) compute the same and centre x again
+    in the backward (the same values and gradients as the plain formula, bit for bit on CPU). The
+    plain formula is ``forward_reference``.
 
     Args:
         channels: D, the feature dimension (channels of the input map).
@@ -59,16 +66,24 @@ class Encoding(nn.Module):
         nn.init.uniform_(self.codewords, -bound, bound)
         nn.init.uniform_(self.smoothing, 0.0, 1.0)
 
+    def centre(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, d - m): the codewords' mean (D,), a constant (no gradient), and the centred
+        codewords (K, D)."""
+        m = self.codewords.detach().mean(0)
+        return m, self.codewords - m
+
     def assignments(self, x: torch.Tensor, refold: bool = False) -> torch.Tensor:
         """The soft assignments a_ik, (B, N, K), of the features of ``x`` (B, N, D).
 
-        ``refold``: x_i.d_k by :class:`_FoldedProducts` (autograd does not keep the folded copy
-        of a non-contiguous x) rather than ``x @ d.t()``; the same values and gradients."""
-        d = self.codewords
-        # ||x_i - d_k||^2 = ||x_i||^2 - 2 x_i.d_k + ||d_k||^2 (B, N, K), the terms in this order
-        # (autograd sums the gradients of x's uses in the order of the operations)
-        sq = (x * x).sum(-1, keepdim=True)
-        dist = sq - 2 * (_FoldedProducts.apply(x, d) if refold else x @ d.t()) + (d * d).sum(-1)
+        ``refold``: the distances by :class:`_CentredDistances` (autograd keeps x, not the
+        centred copy) rather than the plain ops; the same values and gradients."""
+        m, dc = self.centre()
+        return self._assign(x, m, dc, refold)
+
+    def _assign(self, x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor, refold: bool) -> torch.Tensor:
+        # ||x_i - d_k||^2 = ||x_i - m||^2 - 2 (x_i - m).(d_k - m) + ||d_k - m||^2 (B, N, K)
+        q = _CentredDistances.apply(x, m, dc) if refold else _centred_distances(x - m, dc)
+        dist = q + (dc * dc).sum(-1)
         return torch.softmax(-self.smoothing * dist, dim=-1)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -81,9 +96,18 @@ class Encoding(nn.Module):
     def _encode(self, x: torch.Tensor, refold: bool) -> torch.Tensor:
         b = x.shape[0]
         x = x.reshape(b, self.channels, -1).transpose(1, 2)  # (B, N, D)
-        a = self.assignments(x, refold)  # (B, N, K)
-        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik x_i - (sum_i a_ik) d_k
-        return a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * self.codewords  # (B, K, D)
+        m, dc = self.centre()
+        if refold:
+            a = self._assign(x, m, dc, True)  # (B, N, K)
+            s = _CentredAggregate.apply(a, x, m)  # (B, K, D)
+        else:
+            xc = x - m  # (B, N, D)
+            a = torch.softmax(-self.smoothing * (_centred_distances(xc, dc) + (dc * dc).sum(-1)), dim=-1)
+            # where x's gradient is recorded, a second centred copy: x's gradient then sums the
+            # same two terms in the same order as the Functions' path (bit for bit)
+            s = _centred_aggregate(a, x - m if torch.is_grad_enabled() and x.requires_grad else xc)
+        # e_k = sum_i a_ik (x_i - d_k) = sum_i a_ik (x_i - m) - (sum_i a_ik) (d_k - m)
+        return s - a.sum(1).unsqueeze(-1) * dc  # (B, K, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -226,16 +250,31 @@ class ContextEncoding(AttentionModule):
                 f"num_classes={self.num_classes}, final_relu={self.final_relu}")
 
 
-class _FoldedProducts(torch.autograd.Function):
-    """x @ d.t() for x (B, N, D), d (K, D), as ``torch.matmul`` computes it (x folded into a
-    (B*N, D) matrix, one ``mm``), saving x as given (a view) and d rather than the folded copy of
-    a non-contiguous x: the backward folds it again and runs ``mm``'s backward as autograd does
-    (the same products, so the same gradients, bit for bit)."""
+def _centred_distances(xc: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+    """||xc_i||^2 - 2 xc_i.dc_k, (B, N, K), for xc = x - m (B, N, D), dc (K, D): the plain ops,
+    whose backward :class:`_CentredDistances` reproduces."""
+    return (xc * xc).sum(-1, keepdim=True) - 2 * (xc @ dc.t())
+
+
+def _centred_aggregate(a: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
+    """sum_i a_ik xc_i, (B, K, D), for a (B, N, K), xc = x - m (B, N, D): the plain op, whose
+    backward :class:`_CentredAggregate` reproduces."""
+    return a.transpose(1, 2) @ xc
+
+
+class _CentredDistances(torch.autograd.Function):
+    """:func:`_centred_distances` saving x (as given, a view), m and dc rather than the centred x
+    (and the folded copy ``torch.matmul`` makes of a non-contiguous one): the backward centres x
+    again and runs the plain ops' backward formulas in autograd's order (the same gradients, bit
+    for bit). m is a constant (no gradient)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, m: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
         b, n, dim = x.shape
-        return torch.mm(x.reshape(b * n, dim), d.t()).view(b, n, d.shape[0])
+        xc = x - m
+        # matmul folds (B, N, D) @ (D, K) into one mm on a (B*N, D) matrix
+        p = torch.mm(xc.reshape(b * n, dim), dc.t()).view(b, n, dc.shape[0])
+        return (xc * xc).sum(-1, keepdim=True) - 2 * p
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -244,13 +283,41 @@ class _FoldedProducts(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
-        x, d = ctx.saved_tensors
+        x, m, dc = ctx.saved_tensors
         b, n, dim = x.shape
-        g = g.reshape(b * n, d.shape[0])
-        gx = g.mm(d).view(b, n, dim) if ctx.needs_input_grad[0] else None
-        # autograd's mm backward for the column-major d.t(): (g^T x)^T, transposed back for d
-        gd = g.t().mm(x.reshape(b * n, dim)) if ctx.needs_input_grad[1] else None
-        return gx, gd
+        xc = x - m
+        gp = (-g * 2).reshape(b * n, dc.shape[0])  # of the products (sub, then the scalar mul)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            # autograd's order: the product's gradient first, then the square's two factors
+            gsq = g.sum(-1, keepdim=True).expand(x.shape) * xc
+            gx = gp.mm(dc).view(b, n, dim) + gsq + gsq
+        # autograd's mm backward for the column-major dc.t(): (g^T xc)^T, transposed back for dc
+        gdc = gp.t().mm(xc.reshape(b * n, dim)) if ctx.needs_input_grad[2] else None
+        return gx, None, gdc
+
+
+class _CentredAggregate(torch.autograd.Function):
+    """:func:`_centred_aggregate` saving a, x (as given) and m rather than the centred x: the
+    backward centres x again and runs ``bmm``'s backward (the same gradients, bit for bit). m is a
+    constant (no gradient)."""
+
+    @staticmethod
+    def forward(a: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a.transpose(1, 2), x - m)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        a, x, m = ctx.saved_tensors
+        # bmm's backward: (a^T)' = g xc^T, transposed back for a; xc' = (a^T)^T g = a g
+        ga = g.bmm((x - m).transpose(1, 2)).transpose(1, 2) if ctx.needs_input_grad[0] else None
+        gx = a.bmm(g) if ctx.needs_input_grad[1] else None
+        return ga, gx, None
 
 
 class _GatedReLU(torch.autograd.Function):

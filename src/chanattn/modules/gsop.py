@@ -23,9 +23,19 @@ from ..recompute import (
     recompute_applies,
 )
 from ..registry import Stage, register
-from .covariance import _no_autocast, _working, covariance_pool, sqrtm_newton_schulz, triu_vectorize
+from .covariance import (
+    _no_autocast,
+    _working,
+    covariance_pool,
+    sqrtm_newton_schulz,
+    tril_vectorize,
+    triu_vectorize,
+)
 
 __all__ = ["GSoP", "GSoPHead"]
+
+#: ``triangle`` of :class:`GSoPHead`: chanattn's upper triangle, or the official code's lower one
+TRIANGLES = ("upper", "lower")
 
 _PAPER = "Global Second-order Pooling Convolutional Networks (CVPR 2019, arXiv:1811.12006)"
 
@@ -247,20 +257,30 @@ class GSoPHead(nn.Module):
     Replaces global average pooling at the end of the network (the official ``GSoP_mode=2``,
     iSQRT-COV): a 1x1 convolution C -> d (no bias), BN, ReLU; the d x d covariance over the
     positions (divided by H*W); its matrix square root by ``num_iters`` Newton-Schulz iterations
-    with trace pre-normalisation and post-compensation (3 in the reference); and the upper
-    triangle as a vector of d(d+1)/2 features for the classifier (``nn.Linear(head.out_features,
-    num_classes)``). Not an attention module and not registered: it maps (B, C, H, W) to
-    (B, d(d+1)/2).
+    with trace pre-normalisation and post-compensation (3 in the reference); and one triangle of
+    the symmetric root as a vector of d(d+1)/2 features for the classifier
+    (``nn.Linear(head.out_features, num_classes)``). Not an attention module and not registered:
+    it maps (B, C, H, W) to (B, d(d+1)/2).
+
+    Paper and official code: the papers (GSoP, iSQRT-COV) state no order of these features; the
+    official code (MPN-COV's ``Triuvec``) takes the lower triangle row by row, m[0,0], m[1,0], m[1,1],
+    m[2,0], ... The root is symmetric, so both are the same d(d+1)/2 numbers in another order;
+    only a classifier's weights depend on it. Default ``triangle="upper"``, the upper triangle row
+    by row, m[0,0], m[0,1], ..., m[0,d-1], m[1,1], ... (chanattn's order before the option, so
+    its checkpoints still fit); ``"lower"`` is the official order, whose classifier weights then
+    load unchanged. Through :func:`chanattn.create_model`: ``head="gsop",
+    head_kwargs={"triangle": "lower"}``.
 
     Args:
         channels: input channels C (2048 for ResNet-50).
         rd_channels: d (default 256, the reference's ``isqrt_dim``).
         num_iters: Newton-Schulz iterations (default 3, the reference).
         eps: the guard of the trace normalisation (default 1e-8).
+        triangle: ``"upper"`` (default) or ``"lower"`` (the official code's order), see above.
     """
 
     def __init__(self, channels: int, rd_channels: int = 256, num_iters: int = 3,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, triangle: str = "upper") -> None:
         super().__init__()
         owner = type(self).__name__
         self.channels = check_positive_int(channels, "channels", owner)
@@ -269,6 +289,10 @@ class GSoPHead(nn.Module):
         if not (isinstance(eps, (int, float)) and eps > 0):
             raise InputError(f"{owner}: eps must be a positive number, got {eps!r}")
         self.eps = float(eps)
+        if triangle not in TRIANGLES:
+            raise InputError(f"{owner}: triangle must be one of {', '.join(map(repr, TRIANGLES))}, "
+                             f"got {triangle!r}")
+        self.triangle = triangle
         self.out_features = rd_channels * (rd_channels + 1) // 2
         self.conv_reduce = nn.Conv2d(channels, rd_channels, 1, bias=False)
         self.bn_reduce = nn.BatchNorm2d(rd_channels)
@@ -292,8 +316,10 @@ class GSoPHead(nn.Module):
         z = self.act_reduce(self.bn_reduce(self.conv_reduce(x)))  # (B, d, H, W)
         cov = covariance_pool(z)  # (B, d, d)
         root = sqrtm_newton_schulz(cov, self.num_iters, self.eps)  # (B, d, d)
-        return triu_vectorize(root)  # (B, d(d+1)/2)
+        # (B, d(d+1)/2)
+        return triu_vectorize(root) if self.triangle == "upper" else tril_vectorize(root)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
-                f"num_iters={self.num_iters}, out_features={self.out_features}")
+                f"num_iters={self.num_iters}, out_features={self.out_features}, "
+                f"triangle={self.triangle!r}")
