@@ -78,7 +78,8 @@ def test_load_model_errors(run_dir, tmp_path):
     ckpt["model"]["extra.weight"] = torch.zeros(1)
     del ckpt["model"]["fc.weight"]
     torch.save(ckpt, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"fit resnet8 \+ dia: missing: fc.weight; unexpected: extra"):
+    keys = r"1 missing key \('fc.weight'\); 1 unexpected key \('extra.weight'\)"
+    with pytest.raises(CheckpointError, match=r"fit resnet8 \+ dia: " + keys):
         chanattn.load_model(tmp_path / "bad.pt")
 
 

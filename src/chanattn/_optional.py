@@ -15,7 +15,7 @@ __all__ = ["EXTRAS", "require"]
 EXTRAS = {
     "sklearn": "train", "matplotlib": "train", "yaml": "train",
     "onnx": "export", "onnxruntime": "export", "onnxscript": "export",
-    "huggingface_hub": "hub", "timm": "timm", "torchvision": "timm",
+    "huggingface_hub": "hub", "timm": "timm", "torchvision": "timm", "tensorboard": "tensorboard",
 }
 
 

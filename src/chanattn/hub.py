@@ -115,18 +115,11 @@ def load_safetensors(model: nn.Module, path: str | os.PathLike, *, strict: bool 
         raise CheckpointError(f"{str(path)!r} cannot be loaded into {type(model).__name__}: "
                               f"{' '.join(str(exc).split())[:300]}") from None
     if strict and (missing or unexpected):
+        from .training.checkpoint import describe_mismatch
+
         raise CheckpointError(f"{str(path)!r} does not fit {type(model).__name__}: "
-                              + _key_summary(sorted(missing), sorted(unexpected)))
+                              + describe_mismatch(sorted(missing), sorted(unexpected), []))
     return model
-
-
-def _key_summary(missing: list[str], unexpected: list[str]) -> str:
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            shown = ", ".join(keys[:4]) + (f", ... ({len(keys)} in all)" if len(keys) > 4 else "")
-            parts.append(f"{what}: {shown}")
-    return "; ".join(parts)
 
 
 def _safetensors_config(path: Path) -> dict[str, Any]:
@@ -301,12 +294,12 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, *,
         CheckpointError: no checkpoint there, a file that is not a chanattn checkpoint, or weights
             that do not fit (the missing and unexpected names are listed).
     """
-    from .training.checkpoint import load_checkpoint
+    from .training.checkpoint import describe_mismatch, load_checkpoint, state_dict_mismatch
 
     path = _checkpoint_path(run_dir_or_checkpoint)
     ckpt = load_checkpoint(path, map_location=map_location)
     state = ckpt["model"]
-    cfg = ckpt.get("model_config")
+    cfg = ckpt.get("model_config")  # recorded by the trainer (training.trainer.run_model_config)
     if cfg is None:  # checkpoints written before model_config was recorded
         train = dict(ckpt.get("config") or {})
         facts = _from_state_dict(state, _input_facts(train))
@@ -318,10 +311,10 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, *,
                "num_classes": facts.get("num_classes"), "model_kwargs": model_kwargs,
                **{k: v for k, v in facts.items() if k not in ("num_classes", "in_chans")}}
     model = _build(dict(cfg))
-    missing, unexpected = _diff_keys(model.state_dict(), state)
-    if missing or unexpected:
+    missing, unexpected, misshaped = state_dict_mismatch(model.state_dict(), state)
+    if missing or unexpected or misshaped:
         built = f"{cfg.get('arch')} + {cfg.get('attn') or 'none'}"
-        keys = _key_summary(missing, unexpected)
+        keys = describe_mismatch(missing, unexpected, misshaped)
         raise CheckpointError(f"checkpoint {path!r} does not fit {built}: {keys}")
     try:
         model.load_state_dict(state)
@@ -329,7 +322,3 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, *,
         raise CheckpointError(f"checkpoint {path!r}: {' '.join(str(exc).split())[:300]}") from None
     model.chanattn_config["epoch"] = int(ckpt.get("epoch", 0))
     return model.eval()
-
-
-def _diff_keys(expected: dict[str, Any], got: dict[str, Any]) -> tuple[list[str], list[str]]:
-    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from ..training.config import RECIPES, TrainConfig, resolve_config
+from ..training.config import LOGGERS, RECIPES, TrainConfig, resolve_config
 
 __all__ = ["CONFIG_DESTS", "SINGLE_RUN_FIELDS", "add_config_flags", "config_from_args", "default_recipe",
            "given_fields", "recipe_choice"]
@@ -50,6 +50,15 @@ def _parse_int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _parse_loggers(text: str) -> list[str]:
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in out if v not in LOGGERS]
+    if not out or unknown:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(LOGGERS)}, comma-separated, got "
+                                         f"{text!r}")
+    return out
 
 
 def _show(value: Any) -> str:
@@ -100,6 +109,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _field_help(f)}
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list and typing.get_args(base) == (str,):
+            kw["type"], kw["metavar"], kw["action"] = _parse_loggers, "NAME[,NAME]", "extend"
         elif typing.get_origin(base) is list:
             kw["type"], kw["metavar"] = _parse_int_list, "N,N"
         elif base is dict or typing.get_origin(base) is dict:

@@ -31,7 +31,7 @@ def add_parser(sub, name: str, parents: list) -> None:
                         "torchrun, whose restarts repeat the command)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds a run (its config.yaml, metrics.jsonl, "
-                        "summary.json and checkpoints are deleted first)")
+                        "metrics.csv, summary.json, TensorBoard events and checkpoints are deleted first)")
     add_config_flags(p, single_run=True)
     p.set_defaults(run=run)
 

@@ -1,14 +1,29 @@
 """Hooks of the training loop, and the fault injection of the reliability tests built on them.
 
-``train(cfg, callbacks=[...])`` calls each :class:`Callback`'s hooks in order: ``on_loss`` after
-the forward pass of a step (it may return another loss), ``on_step_end`` after the optimiser step,
-``on_epoch_end`` after the epoch's checkpoint and metrics are written (on every rank).
+``train(cfg, callbacks=[...])`` calls each :class:`Callback`'s hooks in the order given, on every
+rank of a distributed run (``info.is_main`` in ``on_train_start`` says which rank writes files):
 
->>> class Epochs(Callback):
-...     def __init__(self):
-...         self.seen = []
+==================  ============================================================================
+``on_train_start``  once, after the model, data and optimiser are built (and a continued run's
+                    checkpoint loaded), before the first epoch: ``(cfg, state)``
+``on_epoch_start``  before each epoch's first step: ``(epoch)``, 1-based
+``on_loss``         after each step's forward pass, before the backward pass: ``(epoch, step,
+                    loss)``; returns the loss to use (step is 0-based)
+``on_step_end``     after each optimiser step: ``(epoch, step)``
+``on_epoch_end``    after the epoch's evaluation, checkpoint and ``metrics.jsonl`` line:
+                    ``(epoch, record)``; return True to stop the run after this epoch (a
+                    distributed run stops when any rank's callback asks)
+``on_train_end``    once, after ``summary.json`` is written: ``(summary)`` (not after an error)
+==================  ============================================================================
+
+A run stopped by a callback is a finished run as far as its files go (checkpoint, metrics,
+summary with ``"stopped_by"``), and ``--resume`` continues it.
+
+>>> class StopAtTop1(Callback):
+...     def __init__(self, target):
+...         self.target = target
 ...     def on_epoch_end(self, epoch, record):
-...         self.seen.append(epoch)
+...         return record["test_top1"] >= self.target
 """
 
 from __future__ import annotations
@@ -30,7 +45,15 @@ FAULT_ENV = "CHANATTN_FAULT"
 
 
 class Callback:
-    """Hooks of the training loop; each does nothing unless overridden."""
+    """Hooks of the training loop (see the module docstring for when each fires); each does
+    nothing unless overridden."""
+
+    def on_train_start(self, cfg, state) -> None:
+        """Before the first epoch: the configuration in force (a continued run's saved one) and the
+        :class:`~.trainer.RunState` (``state.epoch`` epochs done, ``state.history`` their records)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before the first step of ``epoch`` (1-based)."""
 
     def on_loss(self, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
         """After the forward pass of ``step`` (0-based) of ``epoch`` (1-based), before the backward
@@ -40,8 +63,13 @@ class Callback:
     def on_step_end(self, epoch: int, step: int) -> None:
         """After the optimiser step of ``step`` of ``epoch``."""
 
-    def on_epoch_end(self, epoch: int, record: dict) -> None:
-        """After ``epoch``'s evaluation, checkpoint and metrics line (``record``)."""
+    def on_epoch_end(self, epoch: int, record: dict) -> bool | None:
+        """After ``epoch``'s evaluation, checkpoint and metrics line (``record``: the keys of a
+        ``metrics.jsonl`` line). Return True to stop the run after this epoch."""
+        return None
+
+    def on_train_end(self, summary: dict) -> None:
+        """After the run's ``summary.json`` is written (``summary`` is its content)."""
 
 
 class FaultInjection(Callback):

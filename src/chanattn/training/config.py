@@ -18,7 +18,10 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = [
+    "LOGGERS",
     "OPTIMIZERS",
+    "PROGRESS_MODES",
+    "RANDAUGMENT_DEFAULT",
     "RECIPES",
     "RUNTIME_FIELDS",
     "SCHEDULES",
@@ -38,6 +41,7 @@ RUNTIME_FIELDS = (
     "num_workers",
     "progress",
     "log_interval",
+    "log",
     "stop_after",
     "data_root",
     "download",
@@ -55,7 +59,12 @@ def _f(default: Any = None, help: str = "", choices: tuple[str, ...] | None = No
     return field(default=default, metadata=meta)
 
 
-PROGRESS_MODES = ("auto", "bar", "lines", "none")
+#: "log" prints a line every ``log_interval`` steps; "lines" is its older name.
+PROGRESS_MODES = ("auto", "bar", "log", "lines", "none")
+#: What a run writes besides its checkpoints: metrics.jsonl (always), metrics.csv, TensorBoard events.
+LOGGERS = ("jsonl", "csv", "tensorboard")
+#: ``augment="randaugment"``: timm's RandAugment with the magnitude of the timm ImageNet recipes.
+RANDAUGMENT_DEFAULT = "rand-m9-mstd0.5"
 
 
 @dataclass
@@ -100,6 +109,13 @@ class TrainConfig:
     crop_padding: int | None = _f(None, "zero padding of the random crop (default: the data set's "
                                         "reference, 4 for CIFAR)")
     hflip: bool | None = _f(None, "random horizontal flips (default: the data set's reference)")
+    augment: str | None = _f(None, "imagefolder, with timm: randaugment (timm's rand-m9-mstd0.5) or a "
+                                   "timm RandAugment string such as rand-m7-n3-mstd0.5, before the crop "
+                                   "and flip")
+    mixup: float = _f(0.0, "imagefolder, with timm: Mixup alpha (> 0 turns it on; the loss becomes "
+                           "the soft-target cross-entropy, label smoothing included)")
+    cutmix: float = _f(0.0, "imagefolder, with timm: CutMix alpha (> 0 turns it on; with --mixup each "
+                            "batch takes one of the two)")
     # speed
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     amp: str = _f("none", "mixed precision (fp16 needs CUDA)", AMP_MODES)
@@ -113,7 +129,13 @@ class TrainConfig:
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower on CUDA)")
     out: str | None = _f(None, "the run directory (checkpoints, metrics, config)")
     log_interval: int = _f(50, "steps between plain log lines (when not on a terminal)")
-    progress: str = _f("auto", "progress display: a bar on a terminal, else lines", PROGRESS_MODES)
+    progress: str = _f("auto", "progress display: bar (tqdm when installed), log (a line every "
+                               "--log-interval steps), none; auto: a bar on a terminal, else log",
+                       PROGRESS_MODES)
+    log: list[str] = _f(help="what the run writes besides its checkpoints, comma-separated or repeated: "
+                             "jsonl (metrics.jsonl, always), csv (metrics.csv), tensorboard (DIR/"
+                             "tensorboard/, needs the tensorboard package)",
+                        factory=lambda: ["jsonl", "csv"])
     stop_after: int | None = _f(None, "stop after this epoch (the schedule still spans --epochs; "
                                       "continue with --resume)")
     recipe: str | None = _f(None, "the preset these values started from (informational)")
@@ -188,7 +210,32 @@ class TrainConfig:
         need(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads!r}")
         need(
             self.progress in PROGRESS_MODES,
-            f"progress must be auto, bar, lines or none, got {self.progress!r}",
+            f"progress must be auto, bar, log or none, got {self.progress!r}",
+        )
+        if self.augment in ("none", "None", ""):
+            self.augment = None
+        logs = [self.log] if isinstance(self.log, str) else self.log
+        need(
+            isinstance(logs, (list, tuple)) and all(x in LOGGERS for x in logs),
+            f"log must list some of {', '.join(LOGGERS)}, got {self.log!r}",
+        )
+        self.log = list(dict.fromkeys(["jsonl", *logs]))  # metrics.jsonl is the run's record: always
+        need(
+            self.augment is None or (isinstance(self.augment, str)
+                                     and (self.augment == "randaugment" or self.augment.startswith("rand-"))),
+            f"augment must be randaugment or a timm RandAugment string (rand-m9-mstd0.5, ...), got "
+            f"{self.augment!r}",
+        )
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                 f"{name} must be a finite number >= 0, got {value!r}")
+        timm_aug = [f for f, on in (("augment", self.augment), ("mixup", self.mixup),
+                                    ("cutmix", self.cutmix)) if on]
+        need(
+            not timm_aug or self.dataset == "imagefolder",
+            f"{', '.join(timm_aug)} (timm's transforms) work on imagefolder data sets only, not "
+            f"{self.dataset!r} (whose images are not RGB photographs: use --crop-padding and --hflip)",
         )
         need(
             isinstance(self.attn_kwargs, dict) and isinstance(self.model_kwargs, dict),

@@ -1,4 +1,4 @@
-"""Progress of an epoch: a one-line bar on a terminal, plain log lines otherwise."""
+"""Progress of an epoch: a bar on a terminal (tqdm's when it is installed), plain log lines otherwise."""
 
 from __future__ import annotations
 
@@ -15,20 +15,47 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _tqdm_class():
+    """tqdm's bar class, or None when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 class Progress:
-    """``mode``: ``"bar"`` (redrawn line), ``"lines"`` (a line every ``interval`` steps and per epoch),
-    ``"none"``, or ``"auto"`` (bar when stderr is a terminal, lines otherwise)."""
+    """``mode``: ``"bar"`` (one redrawn line: tqdm's bar when tqdm is installed and ``stream`` is a
+    terminal, else a bar of its own), ``"log"`` (or its older name ``"lines"``: a line every
+    ``interval`` steps), ``"none"``, or ``"auto"`` (bar on a terminal, log lines otherwise). Every
+    mode but ``"none"`` ends the epoch with one summary line (:meth:`close`)."""
 
     def __init__(
         self, mode: str, epoch: int, epochs: int, steps: int, interval: int = 50, stream=None
     ) -> None:
         self.stream = stream or sys.stderr
         if mode == "auto":
-            mode = "bar" if hasattr(self.stream, "isatty") and self.stream.isatty() else "lines"
+            mode = "bar" if _is_terminal(self.stream) else "lines"
+        if mode == "log":
+            mode = "lines"
         self.mode, self.epoch, self.epochs, self.steps = mode, epoch, epochs, steps
         self.interval = max(int(interval), 1)
         self.t0 = time.perf_counter()
         self._last_draw = 0.0
+        self._tqdm = None
+        tqdm = _tqdm_class() if mode == "bar" and _is_terminal(self.stream) else None
+        if tqdm is not None:
+            # redrawn at every update(), which wants_update() already spaces 0.2 s apart
+            self._tqdm = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", file=self.stream, leave=False,
+                              unit="step", dynamic_ncols=True, mininterval=0, miniters=1)
+            self._done = 0
 
     def wants_update(self, step: int) -> bool:
         if self.mode == "none":
@@ -47,6 +74,12 @@ class Progress:
             f"loss {loss:.4f} acc {top1:5.1f}% lr {lr:.4g} {images_per_s:,.0f} img/s "
             f"ETA {format_duration(eta)}"
         )
+        if self._tqdm is not None:
+            self._tqdm.set_postfix_str(stats.rsplit(" ETA", 1)[0], refresh=False)  # tqdm shows its own ETA
+            self._tqdm.update(step - self._done)
+            self._done = step
+            self._last_draw = time.perf_counter()
+            return
         if self.mode == "bar":
             width = 24
             filled = int(width * step / max(self.steps, 1))
@@ -58,6 +91,9 @@ class Progress:
         self.stream.flush()
 
     def close(self, record: dict) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
         if self.mode == "none":
             return
         if self.mode == "bar":

@@ -8,6 +8,7 @@ already holds one. A run is never overwritten silently:
   continue from ``DIR/last.pt`` when it exists, start otherwise; the saved settings must equal the
   given ones (all but the runtime fields and ``epochs``);
 - ``resume=DIR`` (or a checkpoint file): continue with the saved settings;
+- a continued run keeps writing the logs it wrote (``log``: csv, tensorboard) and adds those given;
 - ``epochs`` may change when continuing: the schedule is recomputed for the new length (see
   :func:`chanattn.training.trainer.lr_at`).
 """
@@ -29,8 +30,8 @@ from .config import RUNTIME_FIELDS, TrainConfig
 __all__ = ["RUN_FILES", "RunPlan", "clear_run", "load_for_resume", "plan_run", "run_files", "write_metrics"]
 
 #: The files a run writes into its directory.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "previous.pt", "best.pt",
-             "last.pt.corrupt")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "last.pt", "previous.pt",
+             "best.pt", "last.pt.corrupt")
 _CHECKPOINTS = ("last.pt", "previous.pt", "best.pt", "last.pt.corrupt")
 #: Settings that may differ between a run and its continuation besides the runtime fields:
 #: ``epochs`` (extends or shortens the schedule), ``out`` (the same directory, spelt differently),
@@ -61,7 +62,11 @@ def run_files(out: str) -> list[str]:
 
 
 def clear_run(out: str) -> None:
-    """Delete a run's files from ``out`` (and the writer's leftover temporary files); other files stay."""
+    """Delete a run's files from ``out`` (the writer's leftover temporary files, the TensorBoard event
+    files in ``out/tensorboard/``); other files stay."""
+    for event in glob.glob(os.path.join(glob.escape(out), "tensorboard", "events.out.tfevents.*")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(event)
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(out, name))
@@ -119,8 +124,10 @@ def _continue(ckpt: dict[str, Any], cfg: TrainConfig, out: str, epochs: int | No
     """The plan to continue ``ckpt``: its saved config with ``cfg``'s runtime fields and ``epochs``."""
     saved = TrainConfig(**ckpt["config"])
     before = saved.epochs
+    logs = saved.log
     for name in RUNTIME_FIELDS:  # only what does not change the result may differ from the saved run
         setattr(saved, name, getattr(cfg, name))
+    saved.log = list(dict.fromkeys([*logs, *cfg.log]))  # the run's logs go on; those given are added
     saved.out = out
     done = int(ckpt["epoch"])
     if epochs is not None and epochs != before:
@@ -171,7 +178,7 @@ def plan_run(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = F
                     f"one with --resume {os.path.join(out, others[0])}, or start over with --overwrite")
             return RunPlan(cfg, None, bool(files))  # stopped before its first epoch ended: start again
         ckpt = load_for_resume(last)
-        saved = ckpt["config"]
+        saved = TrainConfig(**ckpt["config"]).to_dict()  # fields added since it was written: defaults
         given = cfg.to_dict()
         changed = [k for k in given if k not in _MAY_CHANGE and saved.get(k) != given[k]]
         if changed:

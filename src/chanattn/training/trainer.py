@@ -27,12 +27,17 @@ What long runs get:
   is a function of the step (``epochs`` may grow or shrink when continuing: :func:`lr_at`);
 - ``init_from`` starts a new run (new optimiser, epoch 0) from another checkpoint's model weights;
 - ``DIR/metrics.jsonl`` (one line per epoch, the epochs of the checkpoint), ``DIR/config.yaml``,
-  ``DIR/summary.json`` at the end; every file through :mod:`chanattn.io`;
+  ``DIR/summary.json`` at the end; every file through :mod:`chanattn.io`; with ``log``,
+  ``DIR/metrics.csv`` and TensorBoard scalars (:mod:`.loggers`);
+- checkpoints carry ``model_config`` (:func:`run_model_config`), which :func:`chanattn.load_model`
+  builds the model from;
 - a loss that becomes NaN or Inf stops the run with :class:`TrainingDiverged`, before any checkpoint
   of that epoch is written;
 - the output directory is checked (writable, free space) before the first step;
-- :class:`~.callbacks.Callback` hooks at each loss, step end and epoch end; the reliability tests'
-  fault injection (``CHANATTN_FAULT``, :class:`~.callbacks.FaultInjection`) is one.
+- :class:`~.callbacks.Callback` hooks at the start and end of the run and of each epoch, at each
+  loss and step end; ``on_epoch_end`` may stop the run; the loggers and the reliability tests'
+  fault injection (``CHANATTN_FAULT``, :class:`~.callbacks.FaultInjection`) are callbacks too;
+- timm's RandAugment and Mixup/CutMix for image folders (``augment``, ``mixup``, ``cutmix``).
 
 Distributed (``torchrun --nproc_per_node N -m chanattn train ...``): DistributedDataParallel,
 each rank sees its shard of every epoch's permutation, ``batch_size`` is the global batch
@@ -70,8 +75,9 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import TrainConfig, recipe_line
+from .config import RANDAUGMENT_DEFAULT, TrainConfig, recipe_line
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, state_digest
+from .loggers import build_loggers
 from .progress import Progress
 from .rundir import RunPlan, clear_run, plan_run, write_metrics
 
@@ -133,12 +139,13 @@ def setup_device(cfg: TrainConfig) -> tuple[DistInfo, torch.device]:
 @dataclass
 class Data:
     """The data of a run: the data set (``data.train``, ``data.test``, ``data.spec``), the batch
-    loaders of this rank and the augmentation on the device."""
+    loaders of this rank, the augmentation on the device and timm's Mixup/CutMix (or None)."""
 
     data: Any
     train_loader: Any
     test_loader: Any
     augment: nn.Module
+    mixup: Any = None
 
     @property
     def spec(self):
@@ -171,8 +178,20 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Data:
             f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images "
             f"({cfg.dataset}); use a smaller --batch-size"
         )
-    augment = Augment(data.spec, crop_padding=cfg.crop_padding, hflip=cfg.hflip).to(device)
-    return Data(data, train_loader, test_loader, augment)
+    augment: nn.Module = Augment(data.spec, crop_padding=cfg.crop_padding, hflip=cfg.hflip)
+    mixup = None
+    if cfg.augment or cfg.mixup or cfg.cutmix:  # timm's transforms (cfg.validate: image folders only)
+        from ..data.timm_augment import BatchMixup, RandAugment, WithRandAugment
+
+        if cfg.augment:
+            config = RANDAUGMENT_DEFAULT if cfg.augment == "randaugment" else cfg.augment
+            augment = WithRandAugment(RandAugment(config, data.spec.image_size[0], data.spec.mean), augment)
+        if cfg.mixup or cfg.cutmix:
+            if (cfg.batch_size // info.world_size) % 2:
+                raise ConfigError(f"--mixup/--cutmix mix each image with another of its batch: the batch per "
+                                  f"rank must be even, got {cfg.batch_size // info.world_size}")
+            mixup = BatchMixup(cfg.mixup, cfg.cutmix, cfg.label_smoothing, data.spec.num_classes)
+    return Data(data, train_loader, test_loader, augment.to(device), mixup)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
@@ -311,9 +330,13 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     callbacks: Sequence[Callback] = (),
     progress: Progress | None = None,
+    mixup=None,
 ) -> dict[str, float]:
     """One pass over ``loader``'s training batches (``state.step`` advances by each): lr of the step,
     augmentation from a generator seeded by (seed, epoch, rank), forward, backward, optimiser step.
+    With ``mixup`` (:class:`~chanattn.data.timm_augment.BatchMixup`) the batch is mixed after the
+    augmentation and the loss is the soft-target cross-entropy (``train_top1`` still counts the
+    unmixed labels).
 
     Returns the epoch's training metrics summed over the ranks (``lr`` of its last step,
     ``train_loss``, ``train_top1``, ``images``, ``images_per_s``, ``epoch_time_s``).
@@ -339,11 +362,16 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x = augment(images, generator=gen, train=True)
+        if mixup is not None:
+            x, targets = mixup(x, labels, gen)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            if mixup is not None:
+                loss = mixup.loss(logits.float(), targets)
+            else:
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         for cb in callbacks:
             loss = cb.on_loss(epoch, i, loss)
         optimizer.zero_grad(set_to_none=True)
@@ -435,10 +463,34 @@ def _diverged(cfg: TrainConfig, epoch: int, step: int, state: RunState, what: st
 
 
 # ------------------------------------------------------------------------------------ checkpoints
+def run_model_config(model: nn.Module, spec=None, dataset: str | None = None) -> dict[str, Any] | None:
+    """What builds the model again and what input it takes: ``model.chanattn_config`` (recorded by
+    ``create_model``) with the data set's ``input_size`` (C, H, W), ``mean``, ``std``, ``classes``
+    (``spec``, a :class:`~chanattn.data.spec.DatasetSpec`) and name. :func:`chanattn.load_model`
+    builds a checkpoint's model from it. None for a model without a config, or with options that
+    are objects (``load_model`` then rebuilds the model from the training config)."""
+    cfg = getattr(model, "chanattn_config", None)
+    if not isinstance(cfg, dict):
+        return None
+    try:  # plain lists and dicts, which weights_only loads (tuples become lists)
+        out = json.loads(json.dumps(cfg, default=list))
+    except (TypeError, ValueError):  # an option that is an object (a class, a function): not recordable
+        return None
+    if spec is not None:
+        out.update(input_size=[spec.in_chans, *spec.image_size], mean=list(spec.mean), std=list(spec.std),
+                   classes=list(spec.classes))
+    if dataset is not None:
+        out["dataset"] = dataset
+    return out
+
+
 def checkpoint_state(cfg: TrainConfig, state: RunState, model: nn.Module, optimizer, scaler,
-                     steps_per_epoch: int) -> dict[str, Any]:
-    """What a checkpoint holds after ``state.epoch`` (see :mod:`.checkpoint`)."""
+                     steps_per_epoch: int, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint holds after ``state.epoch`` (see :mod:`.checkpoint`); ``model_config``
+    (:func:`run_model_config`) is kept when given."""
+    extra = {"model_config": model_config} if model_config is not None else {}
     return {
+        **extra,
         "epoch": state.epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -584,7 +636,9 @@ def train(
         epochs: a new length for a continued run's schedule (``"auto"`` takes ``cfg.epochs``).
         quiet: print nothing (the progress display and the start lines).
         recipe_note: how the recipe was chosen, shown in the start line (the command line's words).
-        callbacks: :class:`Callback` hooks, called in order (``CHANATTN_FAULT`` adds its own).
+        callbacks: :class:`Callback` hooks, called in order on every rank (see
+            :mod:`.callbacks` for when each fires; ``on_epoch_end`` returning True stops the run
+            after that epoch). The loggers of ``cfg.log`` (rank 0) and ``CHANATTN_FAULT`` add their own.
 
     Raises:
         ConfigError: bad configuration, a run directory that holds another run, unusable output
@@ -599,6 +653,7 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info, device = setup_device(cfg)
+    loggers = build_loggers(cfg) if info.is_main else []  # a missing tensorboard fails here, before any file
 
     torch.manual_seed(cfg.seed)
     data = build_data(cfg, info, device)
@@ -624,21 +679,40 @@ def train(
         _save_config(cfg)
         if plan.ckpt is not None:  # the metrics file holds exactly the epochs of the checkpoint
             write_metrics(cfg.out, state.history)
-    steps_per_epoch = len(data.train_loader)
-    last_epoch = cfg.stop_after or cfg.epochs
     show = info.is_main and not quiet
     if show:
         for line in _start_lines(cfg, plan, state, data, model, source, recipe_note, info, device):
             print(line, file=sys.stderr)
+    try:
+        return _run_epochs(cfg, state, data, model, run_model, optimizer, scaler, [*callbacks, *loggers],
+                           info, device, show)
+    finally:
+        for logger in loggers:
+            close = getattr(logger, "close", None)
+            if close is not None:
+                close()
 
+
+def _run_epochs(cfg: TrainConfig, state: RunState, data: Data, model: nn.Module, run_model: nn.Module,
+                optimizer, scaler, callbacks: list[Callback], info: DistInfo, device: torch.device,
+                show: bool) -> dict[str, Any]:
+    """The epochs of :func:`train` from ``state.epoch + 1``, the summary at the end."""
+    steps_per_epoch = len(data.train_loader)
+    last_epoch = cfg.stop_after or cfg.epochs
+    model_config = run_model_config(model, data.spec, cfg.dataset)
+    for cb in callbacks:
+        cb.on_train_start(cfg, state)
+    stopped_by = None
     started = time.perf_counter()
     for epoch in range(state.epoch + 1, last_epoch + 1):
         progress = Progress(
             cfg.progress if show else "none", epoch, cfg.epochs, steps_per_epoch, cfg.log_interval
         )
+        for cb in callbacks:
+            cb.on_epoch_start(epoch)
         stats = train_one_epoch(run_model, optimizer, data.train_loader, data.augment, cfg, epoch, state,
                                 device=device, info=info, scaler=scaler, callbacks=callbacks,
-                                progress=progress)
+                                progress=progress, mixup=data.mixup)
         test = evaluate(run_model, data.test_loader, data.augment, device, amp=cfg.amp,
                         channels_last=cfg.channels_last, info=info)
         record = {
@@ -661,18 +735,28 @@ def train(
         if is_best:
             state.best_top1, state.best_epoch = test["top1"], epoch
         if info.is_main:
-            ckpt = checkpoint_state(cfg, state, model, optimizer, scaler, steps_per_epoch)
+            ckpt = checkpoint_state(cfg, state, model, optimizer, scaler, steps_per_epoch, model_config)
             save_epoch(cfg.out, ckpt, is_best)
         progress.close(record)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, record)
+        stop = [type(cb).__name__ for cb in callbacks if cb.on_epoch_end(epoch, record)]
+        if info.enabled and all_reduce_sum([float(bool(stop))], info, device)[0] and not stop:
+            stop = ["a callback on another rank"]  # every rank stops when one rank's callback asks
         barrier(info)
+        if stop and epoch < last_epoch:
+            stopped_by = ", ".join(stop)
+            if show:
+                print(f"stopped after epoch {epoch} by {stopped_by} (--resume {cfg.out} continues the run)",
+                      file=sys.stderr)
+            break
 
     summary = _summary(cfg, state, model, info, device, time.perf_counter() - started)
+    summary["stopped_by"] = stopped_by
     if info.is_main:
         write_text(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
     if info.enabled:
         barrier(info)
+    for cb in callbacks:
+        cb.on_train_end(summary)
     return summary
 
 
