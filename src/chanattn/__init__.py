@@ -26,6 +26,7 @@ _EXPORTS = {
     "create": ".registry",
     "list_modules": ".registry",
     "module_info": ".registry",
+    "param_groups": ".models",
     "register": ".registry",
     "AttentionModule": ".layers",
     "no_weight_decay_names": ".layers",
@@ -61,6 +62,7 @@ __all__ = [
     "load_model",
     "module_info",
     "no_weight_decay_names",
+    "param_groups",
     "push_to_hub",
     "register",
     "save_pretrained",
@@ -73,7 +75,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .errors import ChanattnError
     from .hub import from_pretrained, load_model, push_to_hub, save_pretrained
     from .layers import AttentionModule, no_weight_decay_names
-    from .models import attach, count_macs, create_model, list_models
+    from .models import attach, count_macs, create_model, list_models, param_groups
     from .models.papers import create_paper_model
     from .registry import KINDS, PLACEMENTS, ModuleInfo, Stage, create, list_modules, module_info, register
     from .timm_compat import timm_layer

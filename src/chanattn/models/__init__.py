@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .attachment import Insertion, attach, find_blocks
+from .attachment import Insertion, attach, attached_parameters, find_blocks, param_groups
 from .profile import count_macs, count_params
 from .registry import FAMILIES, ModelInfo, create_model, list_models, model_info, register_model
 
@@ -26,11 +26,13 @@ __all__ = [
     "Insertion",
     "ModelInfo",
     "attach",
+    "attached_parameters",
     "count_macs",
     "count_params",
     "create_model",
     "find_blocks",
     "list_models",
     "model_info",
+    "param_groups",
     "register_model",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "AttnKwargs",
     "AttnPlan",
     "AttnSpec",
+    "IdentityInit",
     "PreAttnConv2d",
     "downsampled",
     "init_backbone_",
@@ -354,6 +355,62 @@ def _map_unwrapped_keys(module: AttnAfter, state_dict: dict, prefix: str, *args)
     for key in list(state_dict):
         if key.startswith(prefix) and key not in inner and f"{prefix}module.{key[len(prefix):]}" in inner:
             state_dict[f"{prefix}module.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
+class IdentityInit(nn.Module):
+    """y = b(x) + alpha * (attn(x) - b(x)), alpha a learnable scalar initialised to 0: an attention
+    module inserted into a trained network without changing its output (``attach(init="identity")``).
+
+    ``b`` is the identity, or the module that ``attn`` replaces (the SE of an EfficientNet block),
+    so at insertion y = b(x) exactly. Training moves away from it: dL/dalpha = sum(dL/dy *
+    (attn(x) - b(x))) is non-zero from the first step wherever the module does anything, while
+    ``attn``'s own parameters get dL/dy * alpha * d attn/d theta, zero at the first step and
+    non-zero once alpha has moved. At alpha = 1 the block computes what it would with ``attn``
+    alone. As ReZero (Bachlechner et al., 2020) and SkipInit (De and Smith, 2020), which
+    zero-initialise a scale on a residual branch; here the scale is on the module's change of the
+    branch, so it works for any module that maps (B, C, H, W) to itself, not only gates whose
+    parameters could be set to give the identity (a sigmoid gate cannot give 1).
+
+    State dict: ``alpha``, the module's keys under ``module.``, the replaced module's under
+    ``base.``. A state dict saved without the wrapper still loads: with a ``base``, the original
+    network's (its keys map to ``base.``; alpha and the module are missing keys); without, one
+    with the module alone (``attach`` without ``init``, ``create_model``; its keys map to
+    ``module.`` and alpha = 1, the module as it was trained).
+
+    Args:
+        module: the attention module.
+        base: the module it replaces (kept, trained as before), or None for the identity.
+    """
+
+    def __init__(self, module: nn.Module, base: nn.Module | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.base = base
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.register_load_state_dict_pre_hook(_map_unwrapped_attn_keys)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x if self.base is None else self.base(x)
+        return b + self.alpha * (self.module(x) - b)
+
+    def extra_repr(self) -> str:
+        return "y = b(x) + alpha * (module(x) - b(x))"
+
+
+def _map_unwrapped_attn_keys(module: IdentityInit, state_dict: dict, prefix: str, *args) -> None:
+    # A key saved without the wrapper, <prefix><rest>: the replaced module's (a checkpoint of the
+    # original network) -> <prefix>base.<rest>; else the attention module's -> <prefix>module.<rest>
+    # (and alpha = 1: the module alone, as it was trained).
+    into = "module" if module.base is None else "base"
+    inner = {f"{prefix}{into}.{k}" for k in getattr(module, into).state_dict()}
+    mapped = False
+    for key in list(state_dict):
+        target = f"{prefix}{into}.{key[len(prefix):]}"
+        if key.startswith(prefix) and key not in inner and target in inner:
+            state_dict[target] = state_dict.pop(key)
+            mapped = True
+    if mapped and into == "module" and f"{prefix}alpha" not in state_dict:
+        state_dict[f"{prefix}alpha"] = torch.ones(())
 
 
 def make_pool(head: str, channels: int, head_kwargs: dict | None = None, *, owner: str,
