@@ -38,6 +38,7 @@ _EXPORTS = {
     "ChanattnError": ".errors",
     "from_pretrained": ".hub",
     "load_model": ".hub",
+    "load_pretrained": ".pretrained",
     "push_to_hub": ".hub",
     "save_pretrained": ".hub",
     "timm_layer": ".timm_compat",
@@ -60,6 +61,7 @@ __all__ = [
     "list_models",
     "list_modules",
     "load_model",
+    "load_pretrained",
     "module_info",
     "no_weight_decay_names",
     "param_groups",
@@ -77,5 +79,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .layers import AttentionModule, no_weight_decay_names
     from .models import attach, count_macs, create_model, list_models, param_groups
     from .models.papers import create_paper_model
+    from .pretrained import load_pretrained
     from .registry import KINDS, PLACEMENTS, ModuleInfo, Stage, create, list_modules, module_info, register
     from .timm_compat import timm_layer

@@ -31,7 +31,12 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_resnet_stage", "resnet_st
 #: ``f(in_channels, out_channels, stride)``.
 ConvFactory = Callable[[int, int, int], nn.Module]
 
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "deep", "deep_tiered")
+
+#: The channels of the deep stems' first two 3x3 convolutions (the third gives 64), as timm's
+#: ``stem_type="deep"`` / ``"deep_tiered"`` with ``stem_width=32`` (ResNet-D, Bag of Tricks,
+#: https://arxiv.org/abs/1812.01187; timm's ``*d`` and ``*t`` models).
+DEEP_STEM_WIDTHS = {"deep": (32, 32), "deep_tiered": (24, 32)}
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -209,6 +214,25 @@ def _conv_downsample(in_channels: int, out_channels: int, stride: int) -> nn.Mod
     return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
 
+def _avg_downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """ResNet-D's shortcut: 2x2 average pooling with the stride (ceil mode, padding not counted),
+    then a stride-1 1x1 convolution and BN; no pooling at stride 1 (layout of timm's
+    ``avg_down=True``: ``downsample.1`` is the convolution, ``downsample.2`` the BN)."""
+    pool = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride != 1
+            else nn.Identity())
+    return nn.Sequential(pool, conv1x1(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+
+
+def _deep_stem(in_chans: int, widths: tuple[int, int]) -> nn.Sequential:
+    """Three 3x3 convolutions (the first with stride 2) in place of the 7x7: conv-BN-ReLU twice,
+    then the convolution to 64 channels (its BN and ReLU are the model's ``bn1`` and ``relu``)."""
+    a, b = widths
+    return nn.Sequential(
+        nn.Conv2d(in_chans, a, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
+        nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
+        nn.Conv2d(b, 64, 3, padding=1, bias=False))
+
+
 class ResNet(ClassifierMixin, nn.Module):
     """The ImageNet ResNet (and ResNeXt, Wide-ResNet-50-2) with an attention module.
 
@@ -228,7 +252,12 @@ class ResNet(ClassifierMixin, nn.Module):
         in_chans: input channels (default 3).
         stem: ``"imagenet"`` (default): 7x7 stride-2 convolution and 3x3 stride-2 max pooling,
             for 224x224 inputs; ``"cifar"``: a 3x3 stride-1 convolution and no pooling, for small
-            inputs (32x32: the last stage is 4x4 instead of 1x1).
+            inputs (32x32: the last stage is 4x4 instead of 1x1); ``"deep"`` / ``"deep_tiered"``:
+            ResNet-D's three 3x3 convolutions (32-32-64 / 24-32-64 channels, the first with stride
+            2) and the max pooling, as timm's ``*d`` / ``*t`` models (``conv1`` is then an
+            ``nn.Sequential``, with timm's key names).
+        avg_down: ResNet-D's shortcut, average pooling before a stride-1 1x1 convolution (default
+            False; timm's ``avg_down=True``).
         groups, width_per_group: ResNeXt's cardinality and width (default 1, 64).
         stride_in_1x1: ResNet v1, the stride of a bottleneck on its first 1x1 convolution
             (default False: v1.5, as torchvision; see :class:`Bottleneck`).
@@ -251,7 +280,7 @@ class ResNet(ClassifierMixin, nn.Module):
                  in_chans: int = 3, stem: str = "imagenet", groups: int = 1, width_per_group: int = 64,
                  stride_in_1x1: bool = False, last_stride: int = 2, attn: AttnSpec | AttnPlan = None,
                  attn_kwargs: AttnKwargs = None, head: str = "avg", head_kwargs: dict | None = None,
-                 zero_init_residual: bool = False, global_pool: str = "avg") -> None:
+                 zero_init_residual: bool = False, global_pool: str = "avg", avg_down: bool = False) -> None:
         super().__init__()
         owner = type(self).__name__
         if stem not in STEMS:
@@ -259,28 +288,32 @@ class ResNet(ClassifierMixin, nn.Module):
         if last_stride not in (1, 2):
             raise InputError(f"{owner}: last_stride must be 1 or 2, got {last_stride!r}")
         plan = AttnPlan.of(attn, attn_kwargs, owner=owner)
-        size = plan.bind(num_stages=len(layers), default_input_size=224 if stem == "imagenet" else 32,
+        size = plan.bind(num_stages=len(layers), default_input_size=32 if stem == "cifar" else 224,
                          head=head)
         self.default_input_size = size
         # the children in the order of the forward pass, as torchvision's: IntermediateLayerGetter
         # (detection backbones) and timm's FeatureListNet run them in this order
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
-            size = downsampled(downsampled(size, 2), 2)
-        else:
+        elif stem == "cifar":
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = _deep_stem(in_chans, DEEP_STEM_WIDTHS[stem])
+        if stem != "cifar":
+            size = downsampled(downsampled(size, 2), 2)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
-        reduction = 2 if stem == "imagenet" else 1
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
+        reduction = 2 if stem != "cifar" else 1
         self.feature_info = [{"num_chs": 64, "reduction": reduction, "module": "relu"}]
-        reduction *= 2 if stem == "imagenet" else 1
+        reduction *= 2 if stem != "cifar" else 1
         strides = (1, 2, 2, last_stride)
         after = stage_end_flags(strides)
         in_channels = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
             stage = make_resnet_stage(block, in_channels, planes, n, strides[i], plan,
-                                      make_downsample=_conv_downsample, index=i, size=size,
+                                      make_downsample=_avg_downsample if avg_down else _conv_downsample,
+                                      index=i, size=size,
                                       downsampled_next=after[i], groups=groups, base_width=width_per_group,
                                       stride_in_1x1=stride_in_1x1)
             self.add_module(f"layer{i + 1}", stage)
@@ -330,10 +363,11 @@ def _register_resnet(name: str, block: type[nn.Module], layers: tuple[int, ...],
 
     def factory(*, attn=None, attn_kwargs=None, num_classes=1000, in_chans=3, stem="imagenet", head="avg",
                 head_kwargs=None, zero_init_residual=False, stride_in_1x1=False, last_stride=2,
-                global_pool="avg") -> ResNet:
+                global_pool="avg", avg_down=False) -> ResNet:
         return ResNet(block, layers, num_classes, in_chans=in_chans, stem=stem, stride_in_1x1=stride_in_1x1,
                       last_stride=last_stride, attn=attn, attn_kwargs=attn_kwargs, head=head,
                       head_kwargs=head_kwargs, zero_init_residual=zero_init_residual, global_pool=global_pool,
+                      avg_down=avg_down,
                       **fixed)
 
     factory.__name__ = factory.__qualname__ = name
