@@ -1,11 +1,17 @@
-"""``chanattn bench``: the records' fields and arithmetic, the memory counters, the timm counterparts
-and the command line. Tiny shapes and few repeats; no timing comparisons."""
+"""``chanattn bench``: the records' fields and arithmetic, the memory counters, the timm counterparts,
+the compiled columns, the model overhead table, the load warning (the rule itself: test_threads.py),
+the command line and benchmarks/gpu.sh. Tiny shapes and few repeats; no timing comparisons."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +20,17 @@ import chanattn
 from chanattn.bench.core import (
     FLOOR_PASSES,
     Timing,
-    bench_model,
     bench_module,
+    formula_forward,
     parse_shapes,
     peak_bytes,
     saved_bytes,
     time_interleaved,
 )
-from chanattn.cli import main
+from chanattn.bench.models import bench_model, bench_models, default_batch
+from chanattn.cli import build_parser, main
 from chanattn.errors import ChanattnError
+from chanattn.training.threads import busy_warning
 
 FAST = dict(repeats=3, warmup=1, min_time_s=0.0005)
 SHAPE = (2, 16, 8, 8)
@@ -221,4 +229,212 @@ def test_models_bench(tmp_path, capsys):
 def test_vs_timm_without_timm_is_one_line(capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "timm.layers", None)  # makes the import fail
     _one_error_line(capsys, ["bench", "--modules", "se", "--vs", "timm"], "--vs timm needs timm")
-    _one_error_line(capsys, ["bench", "--models", "resnet8", "--vs", "timm"], "--vs timm applies")
+    _one_error_line(capsys, ["bench", "--models", "resnet8", "--vs", "timm"], "--vs timm needs timm")
+
+
+# ------------------------------------------------------------------------- shared machines, threads
+def test_bench_warns_and_takes_one_thread_under_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a simulated busy machine
+    path = tmp_path / "r.json"
+    assert main(["bench", "--modules", "eca", "--shapes", "2x16x8x8", "--repeats", "2", "--warmup", "0",
+                 "--min-time", "0.0005", "--out", str(path)]) == 0
+    cap = capsys.readouterr()
+    warnings = [line for line in cap.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("chanattn bench: warning: the 1-minute load average")
+    machine = json.loads(path.read_text())["machine"]
+    assert machine["load_warning"] == busy_warning(machine["cores_usable"], 9.0)  # the one text
+    assert machine["threads"] == 1 and machine["threads_from"].startswith("chosen")
+    assert "1 torch thread (chosen from" in cap.out and "warning: the 1-minute" in cap.out
+
+
+# ---------------------------------------------------------------------------------- torch.compile
+def test_formula_forward_runs_the_formula():
+    # the bench's formula column is the module under fast_paths(False): bit for bit the formula,
+    # and explain() says no fast implementation runs inside the scope
+    torch.manual_seed(0)
+    cbam = chanattn.create("cbam", 16).eval()
+    x = torch.randn(2, 16, 8, 8)
+    fn, scope, how = formula_forward(cbam)
+    assert fn is cbam and how == "chanattn.fast_paths(False)"
+    with scope(), torch.no_grad():
+        got = fn(x)
+        assert str(chanattn.explain(cbam, x)).splitlines()[0].endswith(": formula")
+    with chanattn.fast_paths(False), torch.no_grad():
+        want = cbam(x)
+    assert torch.equal(got, want)
+
+
+def test_compile_columns_with_inductor(tmp_path, capsys):
+    pytest.importorskip("timm")
+    path = tmp_path / "c.json"
+    assert main(["bench", "--modules", "se", "--shapes", "2x16x8x8", "--vs", "timm", "--compile",
+                 *FAST_ARGS, "--out", str(path)]) == 0
+    out = capsys.readouterr().out
+    for header in ("formula ms", "compiled ms", "compile s", "ours/comp", "timm comp ms", "timm ms"):
+        assert header in out, header
+    assert "torch.compile(backend='inductor')" in out
+    rec = json.loads(path.read_text())["records"][0]
+    assert rec["note"] == "" and rec["formula_impl"] in ("forward_reference", "chanattn.fast_paths(False)")
+    for prefix in ("", "formula_", "compiled_", "timm_", "timm_compiled_"):
+        _check_timing(rec, prefix)
+    assert rec["compile_s"] > 0 and rec["timm_compile_s"] > 0
+    assert math.isclose(rec["vs_compiled"], rec["ms"] / rec["compiled_ms"])
+
+
+def _failing_compile(*args, **kwargs):
+    def run(*a, **k):
+        raise RuntimeError("inductor: no C++ compiler\nsecond line")
+
+    return run
+
+
+def test_a_module_that_fails_to_compile_is_a_note(monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    rec = bench_module("se", SHAPE, vs_timm=True, compile=True, **FAST)
+    assert "compile fails: RuntimeError: inductor: no C++ compiler" in rec["note"]
+    assert "timm compile fails: RuntimeError" in rec["note"]
+    assert "formula_ms" in rec and "ms" in rec and "timm_ms" in rec  # eager parts still measured
+    assert "compiled_ms" not in rec and "timm_compiled_ms" not in rec and "vs_compiled" not in rec
+
+
+# --------------------------------------------------------------------------------- model overhead
+def test_model_overhead_records_ours_timm_eager_compiled():
+    pytest.importorskip("timm")
+    recs = bench_models("resnet8", ["none", "se", "sk"], batch=2, vs_timm=True, compile=True,
+                        compile_backend="eager", repeats=2, warmup=0, min_time_s=0.0005)
+    key = [(r["attn"], r["impl"], r["exec"]) for r in recs]
+    # timm has no ResNet-8 (timm's se is swapped into ours, over our backbone) and no model-level sk
+    assert key == [(a, i, e) for e in ("eager", "compiled")
+                   for a, i in (("none", "ours"), ("se", "ours"), ("se", "timm"), ("sk", "ours"))]
+    by = {k: r for k, r in zip(key, recs)}
+    for r in recs:
+        assert r["note"] == "" and r["batch"] == 2 and r["backbone"] == "chanattn resnet8"
+        for task in ("infer", "train"):
+            _check_timing(r, f"{task}_")
+            base_ms = by[("none", "ours", r["exec"])][f"{task}_ms"]
+            assert math.isclose(r[f"{task}_overhead"], (r[f"{task}_ms"] - base_ms) / base_ms)
+        assert ((r.get("compile_s") or 0) > 0) == (r["exec"] == "compiled")
+    assert by[("none", "ours", "eager")]["train_overhead"] == 0
+    assert by[("se", "timm", "eager")]["params"] == by[("se", "ours", "eager")]["params"]
+    assert "swapped for timm's counterpart" in by[("se", "timm", "eager")]["impl_desc"]
+
+
+def test_timm_resnet_with_our_modules_settings():
+    pytest.importorskip("timm")
+    from timm.layers import SEModule
+
+    from chanattn.bench.models import _timm_variant
+
+    ours = chanattn.create_model("resnet18", attn="se")
+    theirs, desc = _timm_variant("resnet18", "se", ours, (3, 224, 224), 1000)
+    assert "block_args" in desc
+    count = chanattn.models.count_params
+    assert count(theirs) == count(ours)  # same backbone, same SE hidden widths
+    ses = [m for m in theirs.modules() if isinstance(m, SEModule)]
+    assert len(ses) == 8 and [m.fc1.out_channels for m in ses] == [
+        m.rd_channels for m in ours.modules() if isinstance(m, chanattn.module_info("se").cls)]
+    assert default_batch("resnet50") == 16 and default_batch("resnet20") == 128
+
+
+def test_a_model_that_fails_to_compile_is_a_note(monkeypatch):
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    recs = bench_models("resnet8", ["none", "eca"], batch=2, compile=True, repeats=2, warmup=0,
+                        min_time_s=0.0005)
+    eager = [r for r in recs if r["exec"] == "eager"]
+    compiled = [r for r in recs if r["exec"] == "compiled"]
+    assert all(r["note"] == "" and "train_ms" in r for r in eager)
+    assert all(r["note"].startswith("compile fails: RuntimeError") and "train_ms" not in r for r in compiled)
+    assert "train_overhead" in eager[1] and "train_overhead" not in compiled[1]
+
+
+def test_models_cli_overhead_table(tmp_path, capsys):
+    path = tmp_path / "m.json"
+    assert main(["bench", "--models", "resnet8", "--attn", "none,eca", "--batch", "2", "--compile",
+                 "--compile-backend", "eager", *FAST_ARGS, "--out", str(path)]) == 0
+    out = capsys.readouterr().out
+    for header in ("impl", "exec", "+infer", "+train", "compile s", "train img/s"):
+        assert header in out, header
+    assert "+0.0%" in out  # the backbone's own row
+    records = json.loads(path.read_text())["records"]
+    assert [(r["attn"], r["exec"]) for r in records] == [
+        ("none", "eager"), ("eca", "eager"), ("none", "compiled"), ("eca", "compiled")]
+
+
+# ---------------------------------------------------------------------------------- benchmarks/*.sh
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["gpu.sh", "run_all.sh"])
+def test_benchmark_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], check=True)
+
+
+def test_run_all_regenerates_every_results_file():
+    """run_all.sh (PRINT_ONLY prints its commands) writes exactly the CPU files of benchmarks/results, with
+    valid bench commands, and THREADS=2 (the committed results' setting) reaches every command."""
+    results = ROOT / "benchmarks" / "results"
+    env = {**os.environ, "PRINT_ONLY": "1", "THREADS": "2", "PYTHON": "python"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_all.sh")], capture_output=True, text=True,
+                          env=env, check=True)
+    written = set()
+    for line in done.stdout.splitlines():
+        argv = shlex.split(line)
+        if "|" in argv:  # ... | tee OUT/NAME.txt
+            argv, tee = argv[:argv.index("|")], argv[argv.index("|") + 1:]
+            assert tee[0] == "tee"
+            written.add(Path(tee[1]))
+        assert argv[argv.index("--threads") + 1] == "2", line
+        if argv[1:3] == ["-m", "chanattn"]:
+            args = build_parser().parse_args(argv[3:])
+            assert args.command == "bench" and args.device == "cpu"
+            written.add(Path(args.out))
+        elif argv[1].endswith("model_overhead.py"):
+            out_dir = Path(argv[argv.index("--out-dir") + 1])
+            written |= {out_dir / "model_overhead_cpu.json", out_dir / "model_overhead_cpu.txt"}
+        else:
+            assert argv[1].endswith("cbam_native.py"), line
+    assert {p.parent for p in written} == {Path("benchmarks/results")}
+    cpu_files = [p.name for p in results.iterdir() if "_cuda." not in p.name]  # gpu.sh writes *_cuda.*
+    assert sorted(p.name for p in written) == sorted(cpu_files)
+
+
+def test_gpu_script_commands_are_valid_bench_commands():
+    """gpu.sh's commands (PRINT_ONLY prints them) parse as chanattn commands, on CUDA and at the tiny
+    CPU settings of its dry run."""
+    for env in ({}, {"DRY_RUN": "1"}):
+        done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                              env={**os.environ, "PRINT_ONLY": "1", "PYTHON": "python", **env}, check=True)
+        commands = [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
+        assert len(commands) == 5
+        outs = []
+        device = "cpu" if env else "cuda"
+        for argv in commands:
+            assert argv[1:3] == ["-m", "chanattn"]
+            args = build_parser().parse_args(argv[3:])
+            assert args.command == "bench" and args.vs == "timm" and args.out.endswith(".json")
+            assert args.device == device
+            outs.append(Path(args.out).name)
+        assert outs == [f"modules_infer_{device}.json", f"modules_train_{device}.json",
+                        f"modules_compile_infer_{device}.json", f"modules_compile_train_{device}.json",
+                        f"model_overhead_{device}.json"]
+
+
+def test_gpu_script_dry_run_runs_its_commands_on_the_cpu(tmp_path):
+    """DRY_RUN=1 runs gpu.sh's five steps on the CPU at tiny sizes and checks what they wrote; no GPU
+    needed. (~40 s on the idle 2-core machine: five bench start-ups and two small compiles.)"""
+    results = ROOT / "benchmarks" / "results"
+    before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                          env={**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "PYTHON": sys.executable},
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gpu.sh: dry run passed: 5 steps" in done.stdout
+    names = ["modules_infer", "modules_train", "modules_compile_infer", "modules_compile_train",
+             "model_overhead"]
+    for name in names:
+        data = json.loads((tmp_path / f"{name}_cpu.json").read_text())
+        assert data["records"] and data["machine"]["device"] == "cpu" and not data.get("interrupted")
+    overhead = json.loads((tmp_path / "model_overhead_cpu.json").read_text())["records"]
+    assert {(r["model"], r["attn"]) for r in overhead} == {("resnet8", "none"), ("resnet8", "se")}
+    assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before  # results untouched

@@ -1,4 +1,4 @@
-"""One table renderer for every table chanattn prints or writes: terminal text and markdown.
+"""One table renderer for every table chanattn prints or writes: terminal text, markdown and CSV.
 
 A table is a list of :class:`Column` (header, how to get and format a cell) over records (dicts).
 Text tables align numbers right and text left; with fixed widths a table can be printed row by row
@@ -14,11 +14,13 @@ eca        5
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Column", "TextTable", "format_cell", "render", "render_markdown"]
+__all__ = ["Column", "TextTable", "format_cell", "render", "render_csv", "render_markdown"]
 
 
 def format_cell(value: Any, spec: str = "") -> str:
@@ -101,3 +103,15 @@ def render_markdown(records: Iterable[dict], columns: Sequence[Column]) -> str:
     for r in records:
         lines.append("| " + " | ".join(c.text(r) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render_csv(records: Iterable[dict], columns: Sequence[Column]) -> str:
+    """The CSV of ``records`` (RFC 4180 quoting, ``\n`` line ends): the headers, then one line per
+    record; give the columns specs without thousands separators for values that read back as
+    numbers."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([c.header for c in columns])
+    for r in records:
+        writer.writerow([c.text(r) for c in columns])
+    return buf.getvalue()

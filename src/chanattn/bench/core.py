@@ -23,6 +23,18 @@ floor = copy time * passes / 2, i.e. 1.5 x copy for ``infer`` and 3.5 x copy for
 (:data:`FLOOR_PASSES`). ``latency / floor`` says how far a module is from that bound; modules
 that are not gates on their input (``sk`` is a convolution block) are far above it by design.
 
+Compiled. With ``compile=True`` the module bench also times the module's formula (the paper's
+equations, no fast path; :func:`formula_forward`) in eager mode and under ``torch.compile``, and
+timm's module under ``torch.compile``, interleaved with the eager calls. Each record compiles its
+own callables after ``torch._dynamo.reset()``, with recompilation past the limit an error (never a
+silent fall back to eager); the first calls, which compile, are outside the timing and reported as
+``compile_s``. A callable that fails to compile gives a note, not an exception.
+
+Shared machines. :func:`machine_info` records the 1-minute load average and, when it is at or
+above the usable cores, the warning of :func:`chanattn.training.threads.busy_warning` (timings then
+measure the other work too); :mod:`chanattn.training.threads` holds the one rule for torch's CPU
+threads of ``train``, ``compare`` and ``bench`` when none are asked for.
+
 Memory. On CUDA: ``torch.cuda.max_memory_allocated`` during one call minus the memory allocated
 before it (input, parameters and output gradient allocated beforehand). On CPU, which has no
 allocator statistics: the peak of the bytes held by tensors created during the call (every aten
@@ -34,6 +46,7 @@ keeps for the backward (``saved_tensors_hooks``), again beyond the input and the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -44,7 +57,6 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -52,6 +64,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import ConfigError, InputError
 from ..models.profile import count_macs, count_params
+from ..training import threads as _threads
 
 __all__ = [
     "COPY_PASSES",
@@ -59,8 +72,9 @@ __all__ = [
     "MODES",
     "SlowCallError",
     "Timing",
-    "bench_model",
     "bench_module",
+    "compile_scope",
+    "formula_forward",
     "machine_info",
     "parse_shapes",
     "peak_bytes",
@@ -142,8 +156,9 @@ def parse_shapes(text: str, option: str = "--shapes") -> list[tuple[int, int, in
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
-    """What the figures depend on: CPU model, cores, load, torch (and timm) versions, threads,
-    device and the date."""
+    """What the figures depend on: CPU model, cores, load (and ``load_warning``, the
+    :func:`~chanattn.training.threads.busy_warning`, when it is at or above the cores), torch (and
+    timm) versions, threads, device and the date."""
     device = torch.device(device)
     cpu = platform.processor() or platform.machine()
     try:
@@ -157,8 +172,9 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": cpu,
         "cores_logical": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cores_usable": (cores := _threads.usable_cores()),
+        "load_avg_1min": None if (load := _threads.load_average()) is None else round(load, 2),
+        "load_warning": _threads.busy_warning(cores, load),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -322,46 +338,89 @@ def saved_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) 
     return sum(seen.values())
 
 
+def formula_forward(module: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                 Callable[[], contextlib.AbstractContextManager], str]:
+    """How to run ``module``'s formula (the paper's equations, no fast path): ``(fn, scope, how)``,
+    where ``fn(x)`` called inside ``scope()`` computes it and ``how`` says which way was taken:
+    the module itself under ``chanattn.fast_paths(False)`` (every module's ``forward`` is its
+    formula; the switch turns off the fast implementations of :mod:`chanattn.fast`).
+    """
+    from chanattn.fast import fast_paths
+
+    return module, lambda: fast_paths(False), "chanattn.fast_paths(False)"
+
+
+@contextlib.contextmanager
+def compile_scope():
+    """A clean ``torch.compile`` state for one measurement: ``torch._dynamo.reset()`` on entry and
+    exit, and recompilation past the limit raised instead of silently falling back to eager."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+            yield
+    finally:
+        torch._dynamo.reset()
+
+
 @dataclass
 class _Call:
-    """A module's benchmark call on a fixed input, and the tensors that exist before it."""
+    """A module's benchmark call on a fixed input, the tensors that exist before it, and the
+    seconds its first calls took (for a compiled callable: compilation included)."""
 
     fn: Callable[[], object]
     out_shape: tuple[int, ...]
     owned: list[torch.Tensor]
+    first_s: float = 0.0
 
 
-def _module_call(module: nn.Module, x: torch.Tensor, mode: str, seed: int) -> _Call:
-    """The callable that ``mode`` times for ``module`` on ``x`` (runs it once to check it)."""
+def _module_call(module: nn.Module, x: torch.Tensor, mode: str, seed: int,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> _Call:
+    """The callable that ``mode`` times for ``module`` on ``x`` (runs it to check it): ``forward(x)``
+    (default ``module(x)``) inside ``scope()``; ``module`` gives the parameters and the mode."""
+    fwd = module if forward is None else forward
     owned = [x, *module.parameters(), *module.buffers()]
+    t0 = time.perf_counter()
     if mode == "infer":
         module.eval()
 
         def infer() -> torch.Tensor:
-            with torch.no_grad():
-                return module(x)
+            with torch.no_grad(), scope():
+                return fwd(x)
 
-        return _Call(infer, tuple(infer().shape), owned)
+        shape = tuple(infer().shape)
+        infer()  # a second call: a compiled callable that recompiles does it here, not in the timing
+        return _Call(infer, shape, owned, time.perf_counter() - t0)
     module.train()
     xg = x.detach().requires_grad_(True)
     params = tuple(p for p in module.parameters() if p.requires_grad)
-    y = module(xg)
+    with scope():
+        y = fwd(xg)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
 
     def train() -> tuple[torch.Tensor | None, ...]:
-        out = module(xg)
+        with scope():
+            out = fwd(xg)
         return torch.autograd.grad(out, (xg, *params), g, allow_unused=True)
 
     train()
-    return _Call(train, tuple(y.shape), [*owned, g])
+    train()
+    return _Call(train, tuple(y.shape), [*owned, g], time.perf_counter() - t0)
 
 
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
+def _add_note(rec: dict[str, object], note: str) -> None:
+    rec["note"] = f"{rec['note']}; {note}" if rec.get("note") else note
+
+
 def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device: str = "cpu",
-                 vs_timm: bool = False, repeats: int = 15, warmup: int = 3, min_time_s: float = 0.01,
+                 vs_timm: bool = False, compile: bool = False, compile_backend: str = "inductor",
+                 repeats: int = 15, warmup: int = 3, min_time_s: float = 0.01,
                  max_call_s: float | None = 10.0, seed: int = 0) -> dict[str, object]:
     """One record of the module bench: ``name`` (a registry name or alias) with its defaults on an
     input of ``shape`` = (B, C, H, W).
@@ -370,9 +429,13 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
     flop counter: convolutions, linear layers and matrix products only), ms / q1_ms / q3_ms /
     min_ms / max_ms / iters (per call), repeats, peak_mib, saved_mib (train), copy_ms, floor_ms,
     floor_ratio (ms / floor_ms), and with ``vs_timm`` timm_impl, timm_params, timm_ms, ...,
-    timm_floor_ratio and vs_timm (ms / timm_ms, from the medians); ``note`` says why a row or its
-    timm part was skipped (``skipped: ...``, ``timm fails: ...``). A module that cannot take the
-    shape gives a record with only the note, not an exception.
+    timm_floor_ratio and vs_timm (ms / timm_ms, from the medians). With ``compile``: formula_impl
+    (how the formula ran, :func:`formula_forward`), formula_ms, ... (the formula in eager mode),
+    compiled_ms, ... (the formula under ``torch.compile``), compile_s (its first calls, compilation
+    included, not timed), vs_compiled (ms / compiled_ms), and with ``vs_timm`` timm_compiled_ms, ...,
+    timm_compile_s. ``note`` says why a row or a part of it was skipped (``skipped: ...``,
+    ``timm fails: ...``, ``compile fails: ...``, ``timm compile fails: ...``). A module that cannot
+    take the shape gives a record with only the note, not an exception.
 
     Args:
         name: the module.
@@ -380,6 +443,8 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
         mode: ``"infer"`` or ``"train"`` (see the module docstring).
         device: ``"cpu"`` or ``"cuda"``.
         vs_timm: also measure timm's implementation, interleaved (see :mod:`.timm_refs`).
+        compile: also measure the formula (eager and compiled) and timm's module compiled.
+        compile_backend: the ``torch.compile`` backend (default ``"inductor"``).
         repeats, warmup, min_time_s, max_call_s: of :func:`time_interleaved`; a module whose
             single call takes longer than ``max_call_s`` is skipped (default 10 s).
         seed: of the input and the weights (default 0).
@@ -426,7 +491,7 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
                 if their_call.out_shape != call.out_shape:
                     raise InputError(f"output {their_call.out_shape}, ours {call.out_shape}")
         except Exception as exc:  # timm's module may fail; say so in the row
-            rec["note"] = f"timm fails: {_error_text(exc)}"
+            _add_note(rec, f"timm fails: {_error_text(exc)}")
             theirs, their_call = None, None
         if theirs is not None:
             rec["timm_params"] = count_params(theirs)
@@ -441,20 +506,26 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
             rec["timm_saved_mib"] = saved_bytes(their_call.fn, their_call.owned) / MIB
 
     buf = torch.empty_like(x)
-    fns: dict[str, Callable[[], object]] = {"ours": call.fn, "copy": lambda: buf.copy_(x)}
+    fns: dict[str, Callable[[], object]] = {"ours": call.fn}
     if their_call is not None:
-        fns = {"ours": call.fn, "timm": their_call.fn, "copy": fns["copy"]}
-    kw = dict(device=dev, repeats=repeats, warmup=warmup, min_time_s=min_time_s, max_call_s=max_call_s)
-    try:
-        timings = time_interleaved(fns, **kw)
-    except SlowCallError as exc:
-        if exc.name != "timm":
-            rec["note"] = f"skipped: {exc}"
-            return rec
-        rec["note"] = f"timm skipped: {exc}"
-        del fns["timm"]
-        their_call = None
-        timings = time_interleaved(fns, **kw)
+        fns["timm"] = their_call.fn
+    with contextlib.ExitStack() as stack:
+        if compile:
+            stack.enter_context(compile_scope())
+            _add_compiled(fns, rec, ours, theirs if their_call is not None else None, x, mode, seed,
+                          compile_backend, call.out_shape)
+        fns["copy"] = lambda: buf.copy_(x)
+        kw = dict(device=dev, repeats=repeats, warmup=warmup, min_time_s=min_time_s, max_call_s=max_call_s)
+        while True:
+            try:
+                timings = time_interleaved(fns, **kw)
+                break
+            except SlowCallError as exc:
+                if exc.name in ("ours", "copy"):
+                    rec["note"] = f"skipped: {exc}"
+                    return rec
+                _add_note(rec, f"{exc.name} skipped: {exc}")
+                del fns[exc.name]
     rec.update(timings["ours"].fields())
     rec["repeats"] = repeats
     copy = timings["copy"].median_s
@@ -462,70 +533,42 @@ def bench_module(name: str, shape: Sequence[int], *, mode: str = "infer", device
     rec["copy_ms"] = copy * 1e3
     rec["floor_ms"] = floor * 1e3
     rec["floor_ratio"] = timings["ours"].median_s / floor
-    if their_call is not None:
+    if "timm" in timings:
         rec.update(timings["timm"].fields("timm_"))
         rec["timm_floor_ratio"] = timings["timm"].median_s / floor
         rec["vs_timm"] = timings["ours"].median_s / timings["timm"].median_s
+    for key in ("formula", "compiled", "timm_compiled"):
+        if key in timings:
+            rec.update(timings[key].fields(f"{key}_"))
+    if "compiled" in timings:
+        rec["vs_compiled"] = timings["ours"].median_s / timings["compiled"].median_s
     return rec
 
 
-def bench_model(arch: str, attn: str | None, *, batch: int = 32, device: str = "cpu",
-                repeats: int = 3, warmup: int = 1, min_time_s: float = 0.01,
-                max_call_s: float | None = None, seed: int = 0) -> dict[str, object]:
-    """One record of the model bench: ``create_model(arch, attn=attn)`` at ``batch`` images of its
-    input size: params, macs (per image), inference (eval, no_grad) and training step (train,
-    forward, cross-entropy, backward, SGD step with momentum) times per batch and images/s, from
-    the medians of ``repeats`` interleaved repeats.
-
-    Args:
-        arch: an architecture of ``chanattn.list_models()``.
-        attn: a module name, or ``None`` / ``"none"`` for the plain model.
-        batch: images per batch (default 32).
-        device: ``"cpu"`` or ``"cuda"``.
-        repeats, warmup, min_time_s, max_call_s: of :func:`time_interleaved` (defaults 3, 1,
-            0.01 s, no limit).
-        seed: of the weights and the data (default 0).
-    """
-    from ..models import create_model, model_info
-
-    info = model_info(arch)
-    attn_name = None if attn is None or str(attn).strip().lower() == "none" else attn
-    dev = torch.device(device)
-    rec: dict[str, object] = {"model": info.name, "attn": attn_name or "none", "batch": batch,
-                              "input": "x".join(map(str, info.input_size)), "device": str(dev),
-                              "note": ""}
-    torch.manual_seed(seed)
+def _add_compiled(fns: dict[str, Callable[[], object]], rec: dict[str, object], ours: nn.Module,
+                  theirs: nn.Module | None, x: torch.Tensor, mode: str, seed: int, backend: str,
+                  out_shape: tuple[int, ...]) -> None:
+    """Add the formula (eager and compiled) and timm's compiled module to ``fns``; failures are
+    notes in ``rec``."""
+    fn, scope, rec["formula_impl"] = formula_forward(ours)
     try:
-        model = create_model(info.name, attn=attn_name).to(dev)
-    except Exception as exc:  # e.g. a module that needs a channel multiple the model lacks
-        rec["note"] = f"skipped: {_error_text(exc)}"
-        return rec
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, *info.input_size, generator=gen).to(dev)
-    labels = torch.randint(0, info.num_classes, (batch,), generator=gen).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
-
-    def infer() -> torch.Tensor:
-        model.eval()
-        with torch.no_grad():
-            return model(x)
-
-    def train_step() -> None:
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), labels).backward()
-        opt.step()
-
+        fns["formula"] = _module_call(ours, x, mode, seed, fn, scope).fn
+    except Exception as exc:
+        _add_note(rec, f"formula fails: {_error_text(exc)}")
+        return
     try:
-        rec["params"] = count_params(model)
-        rec["macs_per_image"] = count_macs(model, (1, *info.input_size))
-        timings = time_interleaved({"infer": infer, "train": train_step}, device=dev, repeats=repeats,
-                                   warmup=warmup, min_time_s=min_time_s, max_call_s=max_call_s)
-    except (SlowCallError, RuntimeError, ValueError) as exc:
-        rec["note"] = f"skipped: {_error_text(exc)}"
-        return rec
-    for key, t in timings.items():
-        rec.update(t.fields(f"{key}_"))
-        rec[f"{key}_img_s"] = batch / t.median_s
-    rec["repeats"] = repeats
-    return rec
+        compiled = _module_call(ours, x, mode, seed, torch.compile(fn, backend=backend), scope)
+        if compiled.out_shape != out_shape:
+            raise InputError(f"output {compiled.out_shape}, eager {out_shape}")
+        fns["compiled"] = compiled.fn
+        rec["compile_s"] = compiled.first_s
+    except Exception as exc:  # inductor may not handle a module: a note, not a crash
+        _add_note(rec, f"compile fails: {_error_text(exc)}")
+    if theirs is None:
+        return
+    try:
+        compiled = _module_call(theirs, x, mode, seed, torch.compile(theirs, backend=backend))
+        fns["timm_compiled"] = compiled.fn
+        rec["timm_compile_s"] = compiled.first_s
+    except Exception as exc:
+        _add_note(rec, f"timm compile fails: {_error_text(exc)}")

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ._args import UsageError, positive
-from ._config import add_config_flags, config_from_args
+from ._config import add_config_flags, config_from_args, recipe_choice
 
 
 def add_parser(sub, name: str, parents: list) -> None:
@@ -19,10 +19,12 @@ def add_parser(sub, name: str, parents: list) -> None:
     p.add_argument("--modules", default="all", help="comma-separated names, or all")
     p.add_argument("--seeds", type=positive, default=3, help="seeds per module: --seed, --seed+1, ...")
     p.add_argument("--jobs", type=positive, default=1,
-                   help="runs trained in parallel processes (1 thread each)")
+                   help="runs trained in parallel processes; without --threads each gets the usable "
+                        "cores minus the 1-minute load average, divided by the jobs, at least 1")
     p.add_argument("--no-baseline", action="store_true", help="skip the model without attention")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
-    p.add_argument("--latency-repeats", type=positive, default=20, help="timed forward passes per model")
+    p.add_argument("--latency-repeats", type=positive, default=20,
+                   help="interleaved timed repeats of each model's forward (median and quartiles)")
     add_config_flags(p, skip=("attn",))
     p.set_defaults(run=run)
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     results = run_compare(cfg, modules, seeds, cfg.out, jobs=args.jobs, include_baseline=not args.no_baseline,
                           latency_repeats=args.latency_repeats, plots=not args.no_plots,
-                          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                          log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                          recipe_note=recipe_choice(args)[1])
     print()
     print(title(results))
     print(text_table(results))

@@ -37,17 +37,18 @@ def add_parser(sub, name: str, parents: list) -> None:
 
 
 def set_threads(given: dict) -> None:
-    """Without ``--threads`` (and without ``OMP_NUM_THREADS``), torch threads by
-    :func:`~chanattn.training.threads.choose_threads` from the usable cores, the 1-minute load and
-    the ranks on this machine (the trainer's start lines warn when the machine is busy)."""
-    if given.get("threads") or os.environ.get("OMP_NUM_THREADS"):
+    """Without ``--threads``, torch threads by :func:`~chanattn.training.threads.pick_threads` (the
+    one rule of train, compare and bench: ``OMP_NUM_THREADS`` when set, else from the usable cores,
+    the 1-minute load and the ranks on this machine); the trainer's start lines warn when the
+    machine is busy."""
+    if given.get("threads"):
         return
     import torch
 
-    from ..training.threads import choose_threads, load_average, usable_cores
+    from ..training import threads
 
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(choose_threads(usable_cores(), load_average(), ranks, torch.get_num_threads()))
+    torch.set_num_threads(threads.pick_threads(None, ranks)[0])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,22 +3,29 @@ write the table and the plots the papers print (accuracy against parameters and 
 
 Layout of ``DIR``::
 
-    DIR/compare.json              the settings (a re-run with other settings is refused)
+    DIR/compare.json              the settings (a re-run with other settings is refused); written
+                                  when training starts, so a compare that fails before leaves none
     DIR/runs/<module>/seed<k>/    one training run each (config.yaml, metrics.jsonl, last.pt, summary.json)
-    DIR/results.json              every figure, per module and per seed
-    DIR/table.csv, DIR/table.md   module,params,macs,top1_mean,top1_std,seeds,latency_ms
+    DIR/results.json              every figure, per module and per seed, and the machine
+    DIR/table.csv, DIR/table.md   see TABLE_COLUMNS
     DIR/top1_vs_params.png, DIR/top1_vs_latency.png
 
 A run that is interrupted is continued by the same command: finished (module, seed) pairs are
 skipped, a pair with a checkpoint resumes from it.
+
+Noise. Each module's difference from the baseline, mean top-1 minus the baseline's, comes with
+Welch's t interval over the seeds (95 %, unequal variances; :func:`diff_interval`, with the t
+quantile computed here, :func:`t_quantile`, so that compare needs no SciPy): "beyond noise"
+when the interval excludes 0, "within noise" otherwise, "n/a (1 seed)" when either side has one
+seed (no estimate of the noise, so no claim). Latency is timed with the bench's timer
+(:func:`chanattn.bench.core.time_interleaved`): median and quartiles of interleaved repeats.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics
@@ -29,12 +36,17 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_path, write_json, write_text
-from .config import RUNTIME_FIELDS, TrainConfig
+from ..table import Column, render, render_csv, render_markdown
+from . import threads as _threads
+from .config import RUNTIME_FIELDS, TrainConfig, recipe_line
 
-__all__ = ["BASELINE", "measure_latency", "parse_modules", "run_compare", "write_plots"]
+__all__ = ["BASELINE", "diff_interval", "measure_latency", "parse_modules", "run_compare", "write_plots"]
 
 BASELINE = "none"
-TABLE_COLUMNS = ("module", "params", "macs", "top1_mean", "top1_std", "seeds", "latency_ms")
+TABLE_COLUMNS = ("module", "params", "macs", "top1_mean", "top1_std", "seeds", "latency_ms",
+                 "latency_q1_ms", "latency_q3_ms", "d_top1", "d_top1_lo", "d_top1_hi", "vs_noise")
+#: Confidence level of the interval of each module's difference from the baseline.
+CI_LEVEL = 0.95
 
 # fields that may differ between two invocations of the same compare without changing its results
 _FREE_FIELDS = {"attn", "seed", "out", *RUNTIME_FIELDS}
@@ -90,7 +102,6 @@ def _train_one(job: tuple[dict, str, int | None]) -> tuple[str, int, dict | None
         return module, cfg.seed, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-@torch.no_grad()
 def measure_latency(
     models: dict[str, torch.nn.Module],
     shape: tuple[int, ...],
@@ -98,32 +109,115 @@ def measure_latency(
     repeats: int = 20,
     warmup: int = 3,
     min_time: float = 0.005,
-) -> dict[str, float]:
-    """Median forward time in ms of each model (eval, no grad) on a random batch of ``shape``.
+):
+    """The forward time of each model (eval, no grad) on a random batch of ``shape``: a
+    :class:`chanattn.bench.core.Timing` per model (median, quartiles, extremes, seconds per call).
 
-    The models are timed in turns (model 1, model 2, ..., then again) so that whatever else the
-    machine does slows all of them alike; each timed repeat loops until it lasts ``min_time`` s.
+    The bench's timer (:func:`chanattn.bench.core.time_interleaved`): the models are timed in
+    turns, the order rotating, so that whatever else the machine does slows all of them alike;
+    each timed repeat loops until it lasts ``min_time`` s.
     """
+    from ..bench.core import time_interleaved
+
     x = torch.randn(shape)
-    inner: dict[str, int] = {}
-    for name, model in models.items():
+
+    def forward(model: torch.nn.Module):
+        def call() -> torch.Tensor:
+            with torch.no_grad():
+                return model(x)
+
+        return call
+
+    for model in models.values():
         model.eval()
-        for _ in range(warmup):
-            model(x)
-        t0 = time.perf_counter()
-        model(x)
-        inner[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                model(x)
-            times[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return time_interleaved({name: forward(m) for name, m in models.items()}, repeats=repeats,
+                            warmup=warmup, min_time_s=min_time)
 
 
-def _check_settings(out: str, base: TrainConfig, seeds: list[int], arch: str) -> None:
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function, for 0 <= x <= 1."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom (any real df > 0):
+    1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t >= 0, by symmetry below."""
+    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (0.5 <= p < 1), by
+    bisection on :func:`t_cdf`."""
+    if not 0.5 <= p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile: needs 0.5 <= p < 1 and df > 0, got p={p}, df={df}")
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def diff_interval(values: list[float], base: list[float], level: float = CI_LEVEL) -> dict[str, Any]:
+    """mean(values) - mean(base) with Welch's t interval at ``level`` (unequal variances,
+    Welch-Satterthwaite degrees of freedom).
+
+    Returns ``{"diff", "lo", "hi", "df", "verdict"}``: verdict ``"beyond noise"`` when the interval
+    excludes 0, ``"within noise"`` when it holds it, ``"n/a (1 seed)"`` (lo, hi, df None) when either
+    side has fewer than 2 values, ``"n/a (no spread)"`` when both sides are constant.
+    """
+    diff = statistics.fmean(values) - statistics.fmean(base)
+    out: dict[str, Any] = {"diff": diff, "lo": None, "hi": None, "df": None, "level": level}
+    if len(values) < 2 or len(base) < 2:
+        out["verdict"] = "n/a (1 seed)"
+        return out
+    va, vb = statistics.variance(values) / len(values), statistics.variance(base) / len(base)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        out["verdict"] = "n/a (no spread)"
+        return out
+    df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(base) - 1))
+    half = t_quantile(0.5 + level / 2, df) * se
+    out.update(lo=diff - half, hi=diff + half, df=df)
+    out["verdict"] = "beyond noise" if diff - half > 0 or diff + half < 0 else "within noise"
+    return out
+
+
+def _check_settings(out: str, base: TrainConfig, seeds: list[int], arch: str) -> dict[str, Any]:
+    """Refuse a directory that holds a compare with other settings; the record to write when the
+    training starts (:func:`_write_settings`)."""
     path = os.path.join(out, "compare.json")
     settings = {k: v for k, v in base.to_dict().items() if k not in _FREE_FIELDS}
     if os.path.isfile(path):
@@ -136,8 +230,12 @@ def _check_settings(out: str, base: TrainConfig, seeds: list[int], arch: str) ->
                 f"{out!r} holds a compare with other settings ({shown}); use another --out to "
                 "compare with these settings"
             )
+    return {"settings": settings, "seeds": seeds, "arch": arch}
+
+
+def _write_settings(out: str, record: dict[str, Any]) -> None:
     os.makedirs(out, exist_ok=True)
-    write_json(path, {"settings": settings, "seeds": seeds, "arch": arch})
+    write_json(os.path.join(out, "compare.json"), record)
 
 
 def run_compare(
@@ -151,11 +249,18 @@ def run_compare(
     latency_repeats: int = 20,
     plots: bool = True,
     log=print,
+    recipe_note: str | None = None,
 ) -> dict[str, Any]:
     """Train ``[none] + modules`` x ``seeds`` with ``base``'s recipe, then write the table and plots.
 
+    Threads: ``base.threads``, else :func:`chanattn.training.threads.pick_threads` (the rule of
+    ``train`` and ``bench``) for ``jobs`` processes during training and for one during the latency
+    measurement. The start is logged as ``train`` prints it: the recipe line (with ``recipe_note``,
+    how the recipe was chosen) and, on a busy machine, the same warning.
+
     Returns the results dict (also in ``DIR/results.json``).
     """
+    from ..bench.core import machine_info
     from ..data import load_data
     from ..models import count_macs, count_params, model_info
     from ..registry import module_info
@@ -165,7 +270,12 @@ def run_compare(
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     names = ([BASELINE] if include_baseline else []) + list(modules)
-    _check_settings(out, base, seeds, base.arch)
+    settings_record = _check_settings(out, base, seeds, base.arch)
+    load, cores = _threads.load_average(), _threads.usable_cores()
+    # threads: --threads, else the cores the load leaves free shared among the jobs (the one rule)
+    run_threads, threads_from = _threads.pick_threads(base.threads, jobs, load=load)
+    latency_threads = _threads.pick_threads(base.threads, 1, load=load)[0]
+    warning = _threads.busy_warning(cores, load, run_threads, per_process=jobs > 1)
     data = load_data(base.dataset, base.data_root, download=base.download, image_size=base.image_size)
     spec = data.spec
     shape1 = (1, spec.in_chans, *spec.image_size)
@@ -198,18 +308,25 @@ def run_compare(
                 summaries[(name, seed)] = done
                 continue
             cfg = dataclasses.replace(
-                base, attn=None if name == BASELINE else name, seed=seed, out=run_dir, progress="none"
+                base, attn=None if name == BASELINE else name, seed=seed, out=run_dir, progress="none",
+                threads=run_threads,
             )
-            todo.append((cfg.to_dict(), run_dir, base.threads or (1 if jobs > 1 else None)))
+            todo.append((cfg.to_dict(), run_dir, run_threads))
     unbuildable = [n for n in names if "error" in static[n]]
     finished = len(summaries)
     log(
-        f"compare {base.arch} on {base.dataset}: {len(names)} models x {len(seeds)} seeds, "
-        f"{base.epochs} epochs each; {finished} runs already finished, {len(todo)} to train "
-        f"({jobs} at a time)"
+        f"compare {base.arch} on {base.dataset}: {_plural(len(names), 'model')} x "
+        f"{_plural(len(seeds), 'seed')}, "
+        f"{_plural(base.epochs, 'epoch')} each; {finished} runs already finished, {len(todo)} to train "
+        f"({jobs} at a time, {_plural(run_threads, 'thread')} each)"
         + (f", {len(unbuildable)} models cannot be built ({', '.join(unbuildable)})" if unbuildable else "")
         + f" -> {out}"
     )
+    log(recipe_line(base, recipe_note))
+    if warning:
+        log(f"warning: {warning}")
+    # the data and the models are ready: from here on the directory holds this compare
+    _write_settings(out, settings_record)
     errors: dict[tuple[str, int], str] = {}
     t0 = time.perf_counter()
     results_iter = _map(todo, jobs)
@@ -224,17 +341,35 @@ def run_compare(
             f"({summary['train_time_s']:.1f} s, {time.perf_counter() - t0:.0f} s elapsed)"
         )
 
-    log(f"compare: timing {len(built)} models at batch 1 and at batch {base.batch_size}")
-    lat1 = measure_latency(built, shape1, repeats=latency_repeats)
-    lat_b = measure_latency(
-        built, (base.batch_size, spec.in_chans, *spec.image_size), repeats=max(latency_repeats // 4, 3)
-    )
+    log(f"compare: timing {len(built)} models at batch 1 and at batch {base.batch_size} "
+        f"({_plural(latency_threads, 'thread')})")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(latency_threads)
+    try:
+        machine = machine_info("cpu")
+        lat1 = measure_latency(built, shape1, repeats=latency_repeats)
+        lat_b = measure_latency(
+            built, (base.batch_size, spec.in_chans, *spec.image_size), repeats=max(latency_repeats // 4, 3)
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+    # the load before training, when nothing of this compare ran yet; the one before the latency
+    # measurement includes this compare's own training of the last minute
+    machine["load_avg_1min_at_latency"] = machine.pop("load_avg_1min")
+    machine["load_avg_1min"] = None if load is None else round(load, 2)
+    machine["load_warning"] = warning
+    machine["load_note"] = ("load_avg_1min, load_warning: at the start of the compare; "
+                            "load_avg_1min_at_latency: before the latency measurement (includes this "
+                            "compare's training)")
     del built
     rows = []
+    base_top1 = None
     for name in names:
         info = static[name]
         runs = [summaries[(name, s)] for s in seeds if (name, s) in summaries]
         top1 = [r["final_top1"] for r in runs]
+        if name == BASELINE:
+            base_top1 = top1
         row: dict[str, Any] = {
             "module": name,
             "kind": info.get("kind"),
@@ -244,7 +379,7 @@ def run_compare(
             "top1": top1,
             "best_top1": [r["best_top1"] for r in runs],
             "top1_mean": statistics.fmean(top1) if top1 else None,
-            "top1_std": statistics.stdev(top1) if len(top1) > 1 else (0.0 if top1 else None),
+            "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
             "train_images_per_s": statistics.fmean(
                 [r["epochs"] * len(data.train) / r["train_time_s"] for r in runs]
             )
@@ -255,23 +390,34 @@ def run_compare(
         if "error" in info:
             failed.append(info["error"])
         row["errors"] = failed
-        row["latency_ms"] = lat1.get(name)
-        row["latency_ms_train_batch"] = lat_b.get(name)
+        for key, lat in (("latency", lat1), ("latency_train_batch", lat_b)):
+            t = lat.get(name)
+            for suffix, value in (("ms", t and t.median_s), ("q1_ms", t and t.q1_s), ("q3_ms", t and t.q3_s)):
+                row[f"{key}_{suffix}"] = None if value is None else value * 1e3
         rows.append(row)
+    for row in rows:  # each module's difference from the baseline, with its noise
+        row["vs_baseline"] = (diff_interval(row["top1"], base_top1)
+                              if base_top1 and row["top1"] and row["module"] != BASELINE else None)
 
     results = {
         "dataset": base.dataset,
         "arch": base.arch,
         "seeds": seeds,
         "epochs": base.epochs,
+        "baseline": include_baseline,
         "input_shape": list(shape1),
         "train_batch": base.batch_size,
         "config": base.to_dict(),
         "latency": {
-            "batch1": "median forward ms at batch 1 (eval, no grad)",
-            "train_batch": f"median forward ms at batch {base.batch_size}",
-            "threads": torch.get_num_threads(),
+            "batch1": "forward ms at batch 1 (eval, no grad): median and quartiles of "
+                      f"{latency_repeats} interleaved repeats",
+            "train_batch": f"forward ms at batch {base.batch_size}: median and quartiles",
+            "threads": latency_threads,
         },
+        "vs_baseline": f"top-1 mean minus the baseline's, {CI_LEVEL:.0%} Welch t interval over seeds",
+        "train_threads": run_threads,
+        "threads_from": threads_from,
+        "machine": machine,
         "torch": torch.__version__,
         "rows": rows,
     }
@@ -289,6 +435,10 @@ def run_compare(
     return results
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _map(todo: list, jobs: int):
     if jobs == 1 or len(todo) <= 1:
         for job in todo:
@@ -299,82 +449,111 @@ def _map(todo: list, jobs: int):
         yield from pool.imap_unordered(_train_one, todo)
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+def _vs(field: str):
+    return lambda r: (r.get("vs_baseline") or {}).get(field)
+
+
+#: The columns of table.csv (machine-readable: plain numbers; their headers are TABLE_COLUMNS).
+CSV_COLUMNS = (
+    Column("module", "module"), Column("params", "params", "d"), Column("macs", "macs", "d"),
+    Column("top1_mean", "top1_mean", ".3f"), Column("top1_std", "top1_std", ".3f"),
+    Column("seeds", "seeds", "d"), Column("latency_ms", "latency_ms", ".4f"),
+    Column("latency_q1_ms", "latency_q1_ms", ".4f"), Column("latency_q3_ms", "latency_q3_ms", ".4f"),
+    Column("d_top1", spec=".3f", get=_vs("diff")), Column("d_top1_lo", spec=".3f", get=_vs("lo")),
+    Column("d_top1_hi", spec=".3f", get=_vs("hi")), Column("vs_noise", get=_vs("verdict")),
+)
 
 
 def table_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TABLE_COLUMNS)
-    for r in rows:
-        w.writerow(
-            [
-                r["module"],
-                _fmt(r["params"]),
-                _fmt(r["macs"]),
-                _fmt(r["top1_mean"], 3),
-                _fmt(r["top1_std"], 3),
-                r["seeds"],
-                _fmt(r["latency_ms"], 4),
-            ]
-        )
-    return buf.getvalue()
+    """table.csv: one line per module (:data:`CSV_COLUMNS`), through :func:`chanattn.table.render_csv`."""
+    return render_csv(rows, CSV_COLUMNS)
 
 
 def title(results: dict) -> str:
-    return f"{results['arch']} on {results['dataset']}: {results['epochs']} epochs, seeds {results['seeds']}"
+    n = len(results["seeds"])
+    seeds = f"seed {results['seeds'][0]}" if n == 1 else f"seeds {results['seeds']}"
+    return f"{results['arch']} on {results['dataset']}: {_plural(results['epochs'], 'epoch')}, {seeds}"
+
+
+def _top1_cell(r: dict) -> str | None:
+    if r["top1_mean"] is None:
+        return "failed" if r["errors"] else None
+    if r["top1_std"] is None:  # one seed: no spread to show
+        return f"{r['top1_mean']:.2f}"
+    return f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+
+
+def _diff_cell(r: dict) -> str | None:
+    vs = r.get("vs_baseline")
+    if not vs:
+        return None
+    if vs["lo"] is None:
+        return f"{vs['diff']:+.2f}"
+    return f"{vs['diff']:+.2f} [{vs['lo']:+.2f}, {vs['hi']:+.2f}]"
+
+
+def _noise_cell(r: dict) -> str | None:
+    if r["module"] == BASELINE:
+        return "baseline"
+    vs = r.get("vs_baseline")
+    return vs["verdict"] if vs else None
+
+
+def _latency_quartiles(r: dict) -> str | None:
+    if r.get("latency_q1_ms") is None:
+        return None
+    return f"{r['latency_q1_ms']:.3f}-{r['latency_q3_ms']:.3f}"
+
+
+def _columns(results: dict, markdown: bool) -> list[Column]:
+    """The columns of the printed and the markdown table."""
+    rows = results["rows"]
+    base = next((r for r in rows if r["module"] == BASELINE and r["params"] is not None), None)
+    level = f"{CI_LEVEL:.0%}"
+    cols = [Column("module", "module")]
+    if markdown:
+        cols.append(Column("kind", "kind"))
+    cols.append(Column("params", "params", ","))
+    if base is not None:
+        cols.append(Column("Δ params", spec="+,", get=lambda r: None if r["params"] is None or r is base
+                           else r["params"] - base["params"]))
+    cols += [Column("MACs", "macs", ","),
+             Column("top-1 (%)" if markdown else "top-1 %", align=">", get=_top1_cell)]
+    if base is not None:
+        cols += [Column(f"Δ top-1 [{level} CI]", align=">", get=_diff_cell),
+                 Column("vs seed noise", get=_noise_cell)]
+    cols += [Column("latency (ms)" if markdown else "latency ms", "latency_ms", ".3f"),
+             Column("q1-q3 (ms)" if markdown else "q1-q3 ms", align=">", get=_latency_quartiles),
+             Column("seeds", "seeds", "d")]
+    if any(r["errors"] for r in rows):
+        cols.append(Column("errors", get=lambda r: "; ".join(r["errors"]) or None))
+    return cols
+
+
+def _explanation(results: dict) -> str:
+    n_seeds = len(results["seeds"])
+    base = any(r["module"] == BASELINE and r["top1_mean"] is not None for r in results["rows"])
+    shape = "x".join(map(str, results["input_shape"][1:]))
+    threads = _plural(results["latency"]["threads"], "thread")
+    text = ("top-1: final-epoch test accuracy, " + ("mean ± std over seeds" if n_seeds > 1 else "one seed")
+            + f"; latency: forward at batch 1 (input {shape}, {threads}), "
+            "median and quartiles (q1-q3) of interleaved repeats; MACs: multiply-adds of convolutions "
+            "and linear layers (torch.utils.flop_counter).")
+    if base:
+        text += (f" Δ top-1: mean minus the baseline's (none), with its {CI_LEVEL:.0%} Welch t interval "
+                 "over seeds; beyond noise = the interval excludes 0"
+                 + (", within noise = it holds 0." if n_seeds > 1 else
+                    "; with 1 seed there is no estimate of the noise (n/a): a difference may be chance."))
+    return text
 
 
 def table_markdown(results: dict) -> str:
-    rows = results["rows"]
-    base = next((r for r in rows if r["module"] == BASELINE), None)
-    lines = [
-        f"# {title(results)}",
-        "",
-        "top-1: final-epoch test accuracy, mean ± std over seeds; latency: median forward at batch 1 "
-        f"(input {'x'.join(map(str, results['input_shape'][1:]))}, {results['latency']['threads']} threads); "
-        "MACs: multiply-adds of convolutions and linear layers (torch.utils.flop_counter).",
-        "",
-        "| module | kind | params | Δ params | MACs | top-1 (%) | Δ top-1 | latency (ms) | seeds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        if r["params"] is None:
-            lines.append(f"| {r['module']} | | | | | failed: {'; '.join(r['errors'])} | | | 0 |")
-            continue
-        dp = f"{r['params'] - base['params']:+,}" if base and base["params"] is not None else ""
-        dt = (
-            f"{r['top1_mean'] - base['top1_mean']:+.2f}"
-            if base and base["top1_mean"] is not None and r["top1_mean"] is not None
-            else ""
-        )
-        top = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}" if r["top1_mean"] is not None else "failed"
-        lines.append(
-            f"| {r['module']} | {r['kind']} | {r['params']:,} | {dp} | {r['macs']:,} | {top} | {dt} | "
-            f"{r['latency_ms']:.3f} | {r['seeds']} |"
-        )
-    return "\n".join(lines) + "\n"
+    return (f"# {title(results)}\n\n{_explanation(results)}\n\n"
+            + render_markdown(results["rows"], _columns(results, markdown=True)))
 
 
 def text_table(results: dict) -> str:
-    rows = results["rows"]
-    head = f"{'module':<16} {'params':>9} {'MACs':>11} {'top-1 %':>15} {'latency ms':>10} {'seeds':>5}"
-    out = [head, "-" * len(head)]
-    for r in rows:
-        if r["top1_mean"] is None:
-            out.append(f"{r['module']:<16} {_fmt(r['params']):>9} {'':>11} {'failed':>15}")
-            continue
-        top = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
-        out.append(
-            f"{r['module']:<16} {r['params']:>9,} {r['macs']:>11,} {top:>15} {r['latency_ms']:>10.3f} "
-            f"{r['seeds']:>5}"
-        )
-    return "\n".join(out) + "\n"
+    return render(results["rows"], _columns(results, markdown=False))
 
 
 _KIND_COLORS = {
@@ -387,22 +566,27 @@ _KIND_COLORS = {
 }
 
 
-def _place_labels(ax, points: list[tuple[float, float, str, str, float]], fontsize: float = 8.5) -> None:
-    """Label each (x, y) point without labels printing over each other or over the points: try
-    offsets around the point, nearest first, and keep the first whose box is free; a label moved
-    away from its point gets a thin leader line."""
+def _place_labels(ax, points: list[tuple[float, float, str, str, float, float, float]],
+                  fontsize: float = 8.5) -> None:
+    """Label each (x, y) point without labels printing over each other or over the points and
+    their error bars (``yerr`` up and down, from ``xlo`` to ``xhi`` across): try offsets around the
+    point, nearest first, and keep the first whose box is free; a label moved away from its point
+    gets a thin leader line."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     to_px = ax.transData.transform
     scale = fig.dpi / 72.0  # points -> pixels
     taken: list[tuple[float, float, float, float]] = []
-    for x, y, _, _, err in points:  # the markers and their error bars
+    for x, y, _, _, err, xlo, xhi in points:  # the markers and their error bars
         px, py = to_px((x, y))
         _, top = to_px((x, y + err))
         _, bottom = to_px((x, y - err))
+        left, _ = to_px((xlo, y))
+        right, _ = to_px((xhi, y))
         taken.append((px - 5, py - 5, px + 5, py + 5))
         taken.append((px - 4, bottom - 1, px + 4, top + 1))
+        taken.append((left - 1, py - 4, right + 1, py + 4))
     offsets = [(6, -4)]
     for r in range(1, 16):
         d = 9 * r
@@ -412,7 +596,7 @@ def _place_labels(ax, points: list[tuple[float, float, str, str, float]], fontsi
         x0, y0, x1, y1 = box
         return all(x1 <= a0 or x0 >= a1 or y1 <= b0 or y0 >= b1 for a0, b0, a1, b1 in taken)
 
-    for x, y, text, color, _ in sorted(points, key=lambda p: (p[0], p[1])):
+    for x, y, text, color, *_ in sorted(points, key=lambda p: (p[0], p[1])):
         t = ax.text(0, 0, text, fontsize=fontsize)
         ext = t.get_window_extent(renderer=renderer)
         t.remove()
@@ -439,10 +623,35 @@ def _place_labels(ax, points: list[tuple[float, float, str, str, float]], fontsi
         )
 
 
+def plot_text(results: dict, key: str) -> tuple[str, str, str]:
+    """The title, x label and y label of the plot of top-1 against ``key`` (``"params"`` or
+    ``"latency_ms"``)."""
+    base = any(r["module"] == BASELINE and r["top1_mean"] is not None for r in results["rows"])
+    n_seeds = len(results["seeds"])
+    if key == "params":
+        label = ("parameters added to the baseline" if base else "parameters") + " (symmetric log scale)"
+    else:
+        label = "latency at batch 1 (ms, forward, eval): median, bars from q1 to q3"
+    ylabel = "top-1 test accuracy (%), " + ("mean ± std over seeds" if n_seeds > 1 else "one seed")
+    head = (f"{results['arch']} on {results['dataset']}: {_plural(results['epochs'], 'epoch')}, "
+            f"{_plural(n_seeds, 'seed')} per module")
+    if base:
+        head += "; dashed: no attention"
+        if n_seeds > 1:
+            head += (f"\nfilled: Δ top-1 beyond seed noise ({CI_LEVEL:.0%} Welch interval excludes 0); "
+                     "hollow: within noise")
+        else:
+            head += "\n1 seed: no estimate of the noise; differences from the baseline untested (hollow)"
+    return head, label, ylabel
+
+
 def write_plots(results: dict, out: str) -> list[str]:
     """top-1 against the parameters added to the baseline (symmetric log scale: ECA's +9 and
-    GSoP's +270k on one axis) and against latency; error bars = std over seeds; one labelled
-    point per module, coloured by kind; the baseline's accuracy as a dashed line."""
+    GSoP's +270k on one axis; without a baseline, the total parameters) and against latency; one
+    labelled point per module, coloured by kind, with error bars: top-1 ± std over seeds (none with
+    one seed), latency from its first to its third quartile. With a baseline: its accuracy as a
+    dashed line, and each module's marker filled when its difference from the baseline is beyond
+    the noise of the seeds (:func:`diff_interval`), hollow otherwise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -450,47 +659,51 @@ def write_plots(results: dict, out: str) -> list[str]:
 
     rows = [r for r in results["rows"] if r["top1_mean"] is not None and r["params"] is not None]
     base = next((r for r in rows if r["module"] == BASELINE), None)
-    base_params = base["params"] if base is not None else 0
     paths = []
-    plots = (
-        ("params", "parameters added to the baseline (symmetric log scale)", "top1_vs_params.png"),
-        ("latency_ms", "latency at batch 1 (ms, median forward, eval)", "top1_vs_latency.png"),
-    )
-    for key, label, fname in plots:
+    plots = (("params", "top1_vs_params.png"), ("latency_ms", "top1_vs_latency.png"))
+    for key, fname in plots:
+        head, label, ylabel = plot_text(results, key)
         fig, ax = plt.subplots(figsize=(12, 8), dpi=110)
         kinds_seen: dict = {}
         points = []
         for r in rows:
             if r[key] is None:
                 continue
-            x = r[key] - base_params if key == "params" else r[key]
+            x = r[key] - base["params"] if key == "params" and base is not None else r[key]
+            xerr = None
+            xlo = xhi = x
+            if key == "latency_ms" and r.get("latency_q1_ms") is not None:
+                xlo, xhi = r["latency_q1_ms"], r["latency_q3_ms"]
+                xerr = [[max(x - xlo, 0.0)], [max(xhi - x, 0.0)]]
             color = _KIND_COLORS.get(r["kind"], "tab:gray")
+            vs = r.get("vs_baseline")
+            hollow = vs is not None and vs["verdict"] != "beyond noise"
             h = ax.errorbar(
                 x,
                 r["top1_mean"],
                 yerr=r["top1_std"],
+                xerr=xerr,
                 fmt="o" if r["module"] != BASELINE else "D",
                 color=color,
                 ecolor=color,
+                markerfacecolor="white" if hollow else color,
                 elinewidth=1,
                 capsize=3,
                 alpha=0.9,
                 markersize=6 if r["module"] != BASELINE else 8,
             )
             kinds_seen.setdefault(r["kind"], h)
-            points.append((x, r["top1_mean"], r["module"], color, r["top1_std"] or 0.0))
+            points.append((x, r["top1_mean"], r["module"], color, r["top1_std"] or 0.0, xlo, xhi))
         if base is not None:
             ax.axhline(base["top1_mean"], color="black", linestyle="--", linewidth=0.8, alpha=0.6)
         if key == "params":
             ax.set_xscale("symlog", linthresh=10)
-            ax.axvline(0, color="black", linewidth=0.5, alpha=0.4)
+            if base is not None:
+                ax.axvline(0, color="black", linewidth=0.5, alpha=0.4)
         ax.margins(x=0.08, y=0.08)
         ax.set_xlabel(label)
-        ax.set_ylabel("top-1 test accuracy (%), mean ± std over seeds")
-        ax.set_title(
-            f"{results['arch']} on {results['dataset']}: {results['epochs']} epochs, "
-            f"{len(results['seeds'])} seed(s) per module; dashed: no attention"
-        )
+        ax.set_ylabel(ylabel)
+        ax.set_title(head)
         ax.grid(True, alpha=0.3, which="major")
         ax.legend(
             list(kinds_seen.values()), list(kinds_seen.keys()), loc="lower left", fontsize=9, framealpha=0.8

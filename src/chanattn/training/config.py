@@ -28,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "describe_recipe",
     "load_config_file",
+    "recipe_line",
     "resolve_config",
 ]
 
@@ -355,3 +356,11 @@ def describe_recipe(cfg: TrainConfig) -> str:
     mom = "beta1" if cfg.optimizer == "adamw" else "momentum"
     return (f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {cfg.optimizer} "
             f"lr {cfg.lr:g} ({mom} {cfg.momentum:g}, weight decay {cfg.weight_decay:g}), {sched}")
+
+
+def recipe_line(cfg: TrainConfig, note: str | None = None) -> str:
+    """The line ``train`` and ``compare`` print at their start: the recipe, how it was chosen
+    (``note``) and what it sets (:func:`describe_recipe`): ``"recipe digits (--recipe): 10 epochs,
+    ..."``."""
+    recipe = f"recipe {cfg.recipe}" if cfg.recipe else "no recipe"
+    return f"{recipe}{f' ({note})' if note else ''}: {describe_recipe(cfg)}"

@@ -75,7 +75,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import RANDAUGMENT_DEFAULT, TrainConfig, describe_recipe
+from .config import RANDAUGMENT_DEFAULT, TrainConfig, recipe_line
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, state_digest
 from .loggers import build_loggers
 from .progress import Progress
@@ -583,8 +583,7 @@ def _start_lines(cfg: TrainConfig, plan: RunPlan, state: RunState, data: Data, m
             f"epoch{'s' if cfg.epochs != 1 else ''} x "
             f"{steps} steps, batch {cfg.batch_size}, {device}"
             f"{f', {info.world_size} ranks' if info.enabled else ''}")
-        recipe = f"recipe {cfg.recipe}" if cfg.recipe else "no recipe"
-        lines.append(f"{recipe}{f' ({recipe_note})' if recipe_note else ''}: {describe_recipe(cfg)}")
+        lines.append(recipe_line(cfg, recipe_note))
         if source:
             lines.append(f"weights from {source}; a new optimiser, from epoch 1")
     elif state.epoch >= (cfg.stop_after or cfg.epochs):
@@ -594,11 +593,10 @@ def _start_lines(cfg: TrainConfig, plan: RunPlan, state: RunState, data: Data, m
     else:
         change = _schedule_change(plan, state.step, steps) if plan.epochs_before else ""
         lines.append(f"resume {cfg.out} at epoch {state.epoch + 1}/{cfg.epochs}{change}")
-    busy = _threads.busy_warning(_threads.usable_cores(), _threads.load_average())
+    busy = _threads.busy_warning(_threads.usable_cores(), _threads.load_average(), torch.get_num_threads(),
+                                 per_process=info.enabled)
     if busy:
-        n = torch.get_num_threads()
-        lines.append(f"warning: {busy}; using {n} torch thread{'s' if n != 1 else ''}"
-                     f"{' per process' if info.enabled else ''}")
+        lines.append(f"warning: {busy}")
     return lines
 
 
