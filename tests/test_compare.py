@@ -51,6 +51,21 @@ def test_t_quantiles_match_the_table():
     assert t_quantile(0.975, 3) < q < t_quantile(0.975, 2) and t_cdf(q, 2.5) == pytest.approx(0.975)
 
 
+def test_diff_interval_corrects_for_the_number_of_modules_compared():
+    # [1,2,3] vs [4,5,6]: diff -3, se sqrt(2/3), df 4; t(0.975, 4) = 2.776 (NIST table): half 2.27,
+    # outside the 95% interval. Corrected for 42 modules (make demo's count): level 1 - 0.05/42,
+    # t(1 - 0.000595, 4) > 3.7 (t(0.9995, 4) = 8.610, NIST), half > 3: within the corrected one.
+    one = diff_interval([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    many = diff_interval([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], comparisons=42)
+    assert one["verdict"] == "beyond noise"
+    assert many["verdict"] == "within noise (42 comparisons)"
+    assert (many["lo"], many["hi"]) == (one["lo"], one["hi"])  # the table shows the 95% interval
+    assert diff_interval([1.0, 2.0, 3.0], [12.0, 13.0, 14.0], comparisons=42)["verdict"] == "beyond noise"
+    assert diff_interval([1.0, 2.0, 3.0], [1.5, 2.0, 2.5], comparisons=42)["verdict"] == "within noise"
+    with pytest.raises(ValueError, match="comparisons"):
+        diff_interval([1.0, 2.0], [1.0, 2.0], comparisons=0)
+
+
 def test_diff_interval_is_welchs_t_interval():
     # a = 1, 2, 3 and b = 0, 1, 2: difference 1, standard error sqrt(1/3 + 1/3), Welch df = 4;
     # t(0.975, 4) = 2.776 (Student's t table, e.g. NIST/SEMATECH e-Handbook of Statistical

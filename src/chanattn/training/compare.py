@@ -17,7 +17,10 @@ Noise. Each module's difference from the baseline, mean top-1 minus the baseline
 Welch's t interval over the seeds (95 %, unequal variances; :func:`diff_interval`, with the t
 quantile computed here, :func:`t_quantile`, so that compare needs no SciPy): "beyond noise"
 when the interval excludes 0, "within noise" otherwise, "n/a (1 seed)" when either side has one
-seed (no estimate of the noise, so no claim). Latency is timed with the bench's timer
+seed (no estimate of the noise, so no claim). With m modules compared, about 5 % of them would
+fall outside a 95 % interval by chance alone, so the verdict uses the Bonferroni-corrected interval
+(level 1 - 0.05/m) while the table shows the 95 % one: a module outside the 95 % interval but not
+the corrected one reads "within noise (m comparisons)". Latency is timed with the bench's timer
 (:func:`chanattn.bench.core.time_interleaved`): median and quartiles of interleaved repeats.
 """
 
@@ -190,16 +193,24 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def diff_interval(values: list[float], base: list[float], level: float = CI_LEVEL) -> dict[str, Any]:
+def diff_interval(values: list[float], base: list[float], level: float = CI_LEVEL,
+                  comparisons: int = 1) -> dict[str, Any]:
     """mean(values) - mean(base) with Welch's t interval at ``level`` (unequal variances,
     Welch-Satterthwaite degrees of freedom).
 
     Returns ``{"diff", "lo", "hi", "df", "verdict"}``: verdict ``"beyond noise"`` when the interval
     excludes 0, ``"within noise"`` when it holds it, ``"n/a (1 seed)"`` (lo, hi, df None) when either
-    side has fewer than 2 values, ``"n/a (no spread)"`` when both sides are constant.
+    side has fewer than 2 values, ``"n/a (no spread)"`` when both sides are constant. With
+    ``comparisons`` = m > 1 (m modules against one baseline), the verdict is that of the
+    Bonferroni-corrected interval at level 1 - (1 - level)/m, so that the whole table claims a
+    difference by chance with probability at most 1 - level; a difference outside the ``level``
+    interval (``lo``, ``hi``) but inside the corrected one reads ``"within noise (m comparisons)"``.
     """
+    if comparisons < 1:
+        raise ValueError(f"compare: comparisons must be >= 1, got {comparisons}")
     diff = statistics.fmean(values) - statistics.fmean(base)
-    out: dict[str, Any] = {"diff": diff, "lo": None, "hi": None, "df": None, "level": level}
+    out: dict[str, Any] = {"diff": diff, "lo": None, "hi": None, "df": None, "level": level,
+                           "comparisons": comparisons}
     if len(values) < 2 or len(base) < 2:
         out["verdict"] = "n/a (1 seed)"
         return out
@@ -211,7 +222,14 @@ def diff_interval(values: list[float], base: list[float], level: float = CI_LEVE
     df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(base) - 1))
     half = t_quantile(0.5 + level / 2, df) * se
     out.update(lo=diff - half, hi=diff + half, df=df)
-    out["verdict"] = "beyond noise" if diff - half > 0 or diff + half < 0 else "within noise"
+    family_level = 1 - (1 - level) / comparisons
+    half_fw = t_quantile(0.5 + family_level / 2, df) * se
+    if diff - half_fw > 0 or diff + half_fw < 0:
+        out["verdict"] = "beyond noise"
+    elif diff - half > 0 or diff + half < 0:
+        out["verdict"] = f"within noise ({comparisons} comparisons)"
+    else:
+        out["verdict"] = "within noise"
     return out
 
 
@@ -395,9 +413,11 @@ def run_compare(
             for suffix, value in (("ms", t and t.median_s), ("q1_ms", t and t.q1_s), ("q3_ms", t and t.q3_s)):
                 row[f"{key}_{suffix}"] = None if value is None else value * 1e3
         rows.append(row)
-    for row in rows:  # each module's difference from the baseline, with its noise
-        row["vs_baseline"] = (diff_interval(row["top1"], base_top1)
-                              if base_top1 and row["top1"] and row["module"] != BASELINE else None)
+    # each module's difference from the baseline, with its noise (corrected for the number compared)
+    compared = [r for r in rows if base_top1 and r["top1"] and r["module"] != BASELINE]
+    for row in rows:
+        row["vs_baseline"] = (diff_interval(row["top1"], base_top1, comparisons=len(compared))
+                              if row in compared else None)
 
     results = {
         "dataset": base.dataset,
@@ -542,7 +562,10 @@ def _explanation(results: dict) -> str:
     if base:
         text += (f" Δ top-1: mean minus the baseline's (none), with its {CI_LEVEL:.0%} Welch t interval "
                  "over seeds; beyond noise = the interval excludes 0"
-                 + (", within noise = it holds 0." if n_seeds > 1 else
+                 + (" (with m modules compared, the Bonferroni-corrected interval at 1 - 0.05/m: "
+                    "\"within noise (m comparisons)\" = outside the 95% interval, inside the corrected one, "
+                    "as about 5% of modules would be by chance), within noise = it holds 0."
+                    if n_seeds > 1 else
                     "; with 1 seed there is no estimate of the noise (n/a): a difference may be chance."))
     return text
 
