@@ -54,6 +54,18 @@ def test_kernel_builds_here():
     assert torch.ops.chanattn.cbam_forward.default._schema.arguments[0].name == "x"
 
 
+
+@needs_tools
+@pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="torch's intra-op backend is not OpenMP")
+def test_kernel_runs_on_torchs_openmp_threads():
+    """at::parallel_for is inline ATen code: built without -fopenmp, its `omp parallel` is dropped
+    and the kernel runs on one thread whatever torch.get_num_threads() says (the regression in
+    benchmarks/results of 2026-11-30: 1.16 ms at 32x512x7x7 on 2 threads, 0.75 ms with the fix).
+    A library built with OpenMP calls the runtime's GOMP_parallel."""
+    st = native.status()
+    assert st.available, st.describe()
+    assert b"GOMP_parallel" in Path(st.path).read_bytes()
+
 SHAPES = [(32, 64, 9, 9), (1, 16, 1, 1), (3, 17, 5, 9), (2, 32, 33, 1), (2, 24, 1, 31),
           (4, 512, 7, 7), (2, 256, 14, 14), (2, 64, 56, 56), (5, 3, 8, 8)]
 CONFIGS = [

@@ -15,16 +15,17 @@ of the formula it computes. The kernel runs on ATen's intra-op threads (``at::pa
 torch's own OpenMP pool, whatever runtime torch links), one range of samples per thread. It has no
 backward: the modules use it only where autograd does not record (see :mod:`chanattn.fast.cbam`).
 
-The build. The source is compiled on first use by ``torch.utils.cpp_extension.load`` (ninja and
-the C++ compiler ``$CXX``, else ``c++``; ``-O3 -march=native``, dropping ``-march=native`` where
-the compiler refuses it) into a cache directory (``$CHANATTN_CACHE``, else
-``$XDG_CACHE_HOME/chanattn``, else ``~/.cache/chanattn``; a private temporary directory where that
-cannot be written), under a name that hashes the source, the flags, the torch and Python versions,
-the compiler's version and the CPU model, so that a cached library is reused by every later
-process (and test) until one of those changes. The first build takes about 12-20 s of CPU (the
-ATen headers; the kernel itself is small). It is built in a directory of its own and renamed into
-place, under a lock (``fcntl.flock``, released by the system if the process dies): processes that
-start at once build it once and never load a half-written library.
+The build. The source is compiled on first use by ``torch.utils.cpp_extension.load`` (ninja and the
+C++ compiler ``$CXX``, else ``c++``; ``-O3 -march=native -fopenmp``, dropping ``-march=native`` and
+then ``-fopenmp`` where the build fails; ``-fopenmp`` only where torch's intra-op backend is
+OpenMP, which ``at::parallel_for`` needs to run on more than one thread) into a cache directory
+(``$CHANATTN_CACHE``, else ``$XDG_CACHE_HOME/chanattn``, else ``~/.cache/chanattn``; a private
+temporary directory where that cannot be written), under a name that hashes the source, the flags,
+the torch and Python versions, the compiler's version and the CPU model, so that a cached library
+is reused by every later process (and test) until one of those changes. The first build takes about
+12-20 s of CPU (the ATen headers; the kernel itself is small). It is built in a directory of its
+own and renamed into place, under a lock (``fcntl.flock``, released by the system if the process
+dies): processes that start at once build it once and never load a half-written library.
 
 Where it cannot be built or loaded (no compiler, no ninja, a failing build, another platform) or
 ``CHANATTN_NATIVE=0`` is set, the operator does not exist in the process and CBAM runs another
@@ -205,8 +206,14 @@ def _build() -> NativeStatus:
     cache = _writable_cache()
     errors = []
     # -march=native where the compiler takes it: the library is built for this machine only (the
-    # name hashes the CPU model and the compiler, so a shared cache keeps builds apart)
-    for flags in (["-march=native", *_FLAGS], _FLAGS):
+    # name hashes the CPU model and the compiler, so a shared cache keeps builds apart). -fopenmp
+    # where torch's intra-op backend is OpenMP: at::parallel_for is inline ATen code whose
+    # `omp parallel` is compiled into the extension, so without it the kernel runs on one thread
+    # (the GOMP symbols are left to torch's already loaded runtime; a build that cannot load falls
+    # through to the next set of flags)
+    omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    tries = (["-march=native", *omp, *_FLAGS], [*omp, *_FLAGS], ["-march=native", *_FLAGS], _FLAGS)
+    for flags in map(list, dict.fromkeys(map(tuple, tries))):
         key = hashlib.sha256(b"\0".join(
             s.encode() if isinstance(s, str) else s
             for s in (source, " ".join(flags), torch.__version__, platform.python_version(), version,
