@@ -36,13 +36,8 @@ NOTES = {
     "cbam_channel": "x, the (B, C) maxima (for amax's backward) and the gate",
     "cbam_spatial": "x, the (B, 2, H, W) pooled map (the max's positions are recomputed from it) "
                     "and the (B, 1, H, W) gate",
-    "cbam": "x, the channel gate (B, C, 1, 1), the (B, 2, H, W) pooled map and the (B, 1, H, W) gate; "
-            "not x * channel_gate (custom autograd Functions recompute it; the plain formula keeps it: "
-            "see the reference column)",
     "sk": "x and, per branch, only the convolution's output (BN and ReLU run again in the backward, "
           "bit for bit; the weighted sum saves only the weights); stride 1, so each is x's size",
-    "bam": "x and the sigmoid's output (not 1 + sigmoid); the spatial branch's (B, C/16, H, W) "
-           "activations (0.39)",
     "encnet": "x, the first conv-BN-ReLU's output (also the Encoding's input; its 1x1 convolution runs "
               "again in the backward), the (B, H*W, K) distances and assignments (K/C each); not the "
               "folded copy of the Encoding's input, not the final ReLU's output",
@@ -50,9 +45,6 @@ NOTES = {
             "8x256x14x14), the 1x1 conv's output (an autograd Function recomputes ReLU(x), the conv "
             "where not kept, BN, ReLU and the centred matrix in the backward); the (B, c', c') "
             "covariance (row BN's input) and row BN's output (the row-wise conv's input)",
-    "bilinear": "x, the outer conv's output (its BN's input), the (B, D, H, W) pair products (outer "
-                "conv's input) and phi's BN input and ReLU output (B, C', H, W); not the two selected "
-                "pair factors, the outer ReLU's output or the gate (autograd Functions recompute them)",
     "c3": "the output (the final ReLU's), the encoder's input, the encodings f, the message (the "
           "decoder's input), (B*G, C/G, A) each, and the MLPs' hidden activations; no (C/G x C/G) "
           "matrix (scores and softmax recomputed from f in the backward) and not the area resampling's "

@@ -25,6 +25,7 @@ import chanattn
 from chanattn.bench.core import machine_info, parse_shapes, time_interleaved
 from chanattn.bench.timm_refs import timm_counterpart
 from chanattn.fast import fast_paths, implementations, native
+from chanattn.table import Column, TextTable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print("the native kernel is not in use: nothing to compare", file=sys.stderr)
         return 1
     print(f"median ms over {args.repeats} interleaved repeats (eval, no_grad)")
-    head = (f"{'module':<13} {'shape':<14} {'native':>8} {'formula':>8} {'timm':>8} {'copy':>7}"
-            f" {'nat/timm':>9} {'fo/timm':>8} {'nat/fo':>7}")
-    print(head)
-    print("-" * len(head))
+    table = TextTable([Column("module", "module", width=13), Column("shape", "shape", width=14),
+                       *(Column(k, k, ".3f", width=8) for k in ("native", "formula", "timm")),
+                       Column("copy", "copy", ".3f", width=7),
+                       *(Column(k, k, ".2f", width=w)
+                         for k, w in (("nat/timm", 9), ("fo/timm", 8), ("nat/fo", 7)))])
+    print("\n".join(table.head()))
     kernels = {impl.name: impl for impl in implementations() if impl.name.endswith(".native")}
     for name in args.modules.split(","):
         for shape in parse_shapes(args.shapes):
@@ -77,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                     "copy": lambda x=x, buf=buf: buf.copy_(x),
                 }, repeats=args.repeats)
             ms = {k: v.median_s * 1e3 for k, v in t.items()}
-            print(f"{name:<13} {'x'.join(map(str, shape)):<14} {ms['native']:8.3f} {ms['formula']:8.3f}"
-                  f" {ms['timm']:8.3f} {ms['copy']:7.3f} {ms['native'] / ms['timm']:9.2f}"
-                  f" {ms['formula'] / ms['timm']:8.2f} {ms['native'] / ms['formula']:7.2f}")
+            print(table.row({"module": name, "shape": "x".join(map(str, shape)), **ms,
+                             "nat/timm": ms["native"] / ms["timm"], "fo/timm": ms["formula"] / ms["timm"],
+                             "nat/fo": ms["native"] / ms["formula"]}), flush=True)
     return 0
 
 

@@ -10,8 +10,9 @@
 # ours, the formula eager and compiled, timm eager and compiled: modules_compile_{infer,train}_cpu),
 # the model bench (resnet20 and resnet50 with none, se, eca, cbam at batch 8: models_cpu), the model
 # overhead (benchmarks/model_overhead.py: resnet20 at batch 128 and resnet50 at batch 16, ours and
-# timm's, eager and compiled: model_overhead_cpu) and CBAM's native kernel (cbam_native.py:
-# cbam_native_cpu.txt). Run it on an idle machine: the timings of a busy one are not comparable (the
+# timm's, eager and compiled: model_overhead_cpu), CBAM's native kernel (cbam_native.py:
+# cbam_native_cpu.txt) and every fast implementation against the formula, eager and compiled
+# (fast_paths.py: fast_paths_cpu.txt, the figures behind the keep-or-delete rule of the README). Run it on an idle machine: the timings of a busy one are not comparable (the
 # bench warns). On a GPU, use benchmarks/gpu.sh.
 #
 #   benchmarks/run_all.sh                      # threads chosen from the load (see README)
@@ -22,7 +23,7 @@
 # thread rule of chanattn.training.threads), REPEATS (15), MODULES (all), SHAPES (the issue's three),
 # MODES ("infer train"), COMPILE_MODULES (the modules with a fast implementation in chanattn.fast), MODELS
 # (resnet20,resnet50), ATTN (none,se,eca,cbam), MODEL_BATCH (8), MODEL_REPEATS (3), OVERHEAD_REPEATS
-# (3), SKIP_MODULES, SKIP_COMPILE, SKIP_MODELS, SKIP_OVERHEAD, SKIP_NATIVE (1: skip that part), OUT
+# (3), SKIP_MODULES, SKIP_COMPILE, SKIP_MODELS, SKIP_OVERHEAD, SKIP_NATIVE, SKIP_FAST (1: skip that part), OUT
 # (benchmarks/results), PRINT_ONLY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ REPEATS=${REPEATS:-15}
 MODULES=${MODULES:-all}
 SHAPES=${SHAPES:-32x64x56x56,32x256x14x14,32x512x7x7}
 MODES=${MODES:-infer train}
-COMPILE_MODULES=${COMPILE_MODULES:-bam,bilinear,c3,cbam,cbam_channel,cbam_spatial,eca,encnet,gsop,rcan_ca,se,se_var2,se_var3,sk,soca}
+COMPILE_MODULES=${COMPILE_MODULES:-c3,cbam,cbam_channel,cbam_spatial,eca,encnet,gsop,rcan_ca,se,se_var2,se_var3,sk,soca}
 OVERHEAD_REPEATS=${OVERHEAD_REPEATS:-3}
 MODELS=${MODELS:-resnet20,resnet50}
 ATTN=${ATTN:-none,se,eca,cbam}
@@ -92,4 +93,12 @@ if [[ "$DEVICE" == cpu && "${SKIP_NATIVE:-0}" != 1 ]]; then
     native_args=(--repeats "$REPEATS")
     if [[ -n "${THREADS:-}" ]]; then native_args+=(--threads "$THREADS"); fi
     run cbam_native_cpu "$PYTHON" benchmarks/cbam_native.py --shapes "$SHAPES" "${native_args[@]}"
+fi
+
+# Every fast implementation against the formula in eager mode and compiled (CPU only).
+if [[ "$DEVICE" == cpu && "${SKIP_FAST:-0}" != 1 ]]; then
+    fast_args=(--out "$OUT/fast_paths_cpu.txt")
+    if [[ -n "${THREADS:-}" ]]; then fast_args+=(--threads "$THREADS"); fi
+    # fast_paths.py writes its .txt itself
+    run - "$PYTHON" benchmarks/fast_paths.py "${fast_args[@]}"
 fi

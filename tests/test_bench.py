@@ -392,6 +392,8 @@ def test_run_all_regenerates_every_results_file():
         elif argv[1].endswith("model_overhead.py"):
             out_dir = Path(argv[argv.index("--out-dir") + 1])
             written |= {out_dir / "model_overhead_cpu.json", out_dir / "model_overhead_cpu.txt"}
+        elif argv[1].endswith("fast_paths.py"):
+            written.add(Path(argv[argv.index("--out") + 1]))
         else:
             assert argv[1].endswith("cbam_native.py"), line
     assert {p.parent for p in written} == {Path("benchmarks/results")}

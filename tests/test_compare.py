@@ -166,3 +166,51 @@ def test_a_compare_that_fails_before_training_leaves_no_compare_json(tmp_path, c
     rc, out, cap = compare(tmp_path, capsys, "--modules", "eca", "--seeds", "1", "--no-plots")
     assert rc == 0, cap.err
     assert json.loads((out / "compare.json").read_text())["settings"]["dataset"] == "digits"
+
+
+def test_plot_title_names_the_corrected_interval():
+    """With m > 1 modules against the baseline, a filled marker means the Bonferroni-corrected
+    interval excludes 0 (diff_interval's verdict), and the title says so."""
+    row = {"module": "none", "top1_mean": 50.0}
+    vs = diff_interval([1, 2], [0, 1], comparisons=3)
+    rows = [row] + [{"module": f"m{i}", "top1_mean": 50.0, "vs_baseline": vs} for i in range(3)]
+    results = {"rows": rows, "seeds": [0, 1], "arch": "resnet8", "dataset": "digits", "epochs": 1}
+    title = plot_text(results, "params")[0]
+    assert "Bonferroni for 3 modules" in title and "1 - 0.05/3" in title
+    rows[1:] = rows[1:2]
+    rows[1]["vs_baseline"] = diff_interval([1, 2], [0, 1])
+    assert "95% Welch interval, excludes 0" in plot_text(results, "params")[0]
+
+
+def test_labels_cover_no_label_marker_or_error_bar():
+    """compare's plots label every point; crowded points (the demo's 42 modules within a few
+    percent) get labels placed apart, none over another label or over a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chanattn.training.compare import _place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    gen = torch.Generator().manual_seed(0)
+    xs = (torch.rand(20, generator=gen) * 3).tolist()
+    ys = (50 + torch.rand(20, generator=gen)).tolist()
+    points = [(x, y, f"module{i}", "tab:blue", 0.05, x - 0.02, x + 0.02)
+              for i, (x, y) in enumerate(zip(xs, ys))]
+    ax.plot(xs, ys, "o")
+    ax.set_xlim(-0.5, 3.5)
+    ax.set_ylim(49.5, 51.5)
+    _place_labels(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts]
+    assert sorted(t.get_text() for t in labels) == sorted(p[2] for p in points)
+    # the text's own box (an Annotation's extent includes its leader line)
+    boxes = [matplotlib.text.Text.get_window_extent(t, renderer=renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1:]), labels[i].get_text()
+        for x, y, *_ in points:
+            px, py = ax.transData.transform((x, y))
+            assert not (a.x0 < px < a.x1 and a.y0 < py < a.y1), (labels[i].get_text(), x, y)
+    plt.close(fig)

@@ -94,7 +94,7 @@ def test_chunking_policy(monkeypatch):
 # maps; for sk, x and each branch's convolution output and activation output).
 SAVED_AT_MOST = {
     "se": 1.05, "se_var1": 1.05, "se_var2": 1.05, "se_var3": 1.05, "rcan_ca": 1.05, "eca": 1.05,
-    "cbam_channel": 1.05, "cbam_spatial": 1.1, "cbam": 1.12, "sk": 5.05,
+    "cbam_channel": 1.05, "cbam_spatial": 1.1, "sk": 5.05,
 }
 
 
@@ -104,9 +104,6 @@ def test_training_saves_at_most_what_is_stated(name):
     x = torch.randn(4, 64, 16, 16)
     saved = saved_multiple(m, x)
     assert saved <= SAVED_AT_MOST[name], f"{name} saves {saved:.3f} input sizes for backward"
-    if name == "cbam":
-        # the formula keeps x * channel_gate as well: the autograd Functions save it twice less
-        assert saved_multiple(m, x, formula(m)) >= 1.9
     if name == "sk":
         # the formula stacks the branches, a copy of both that autograd keeps as well
         assert saved_multiple(m, x, formula(m)) >= 6.9

@@ -1,4 +1,4 @@
-"""The training paths of gsop, bilinear and c3 that save less for backward (autograd Functions in
+"""The training paths of gsop and c3 that save less for backward (autograd Functions in
 chanattn.fast and chanattn.fast.recompute) against the formula, beyond the contract of
 tests/test_fast_contract.py: frozen parameters or input, BatchNorm variants over several steps,
 gradcheck, torch.func; what a training forward saves; and the plain ops wherever autograd does not
@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import chanattn
-from chanattn.fast import bilinear as bilinear_mod
 from chanattn.fast import c3 as c3_mod
 from chanattn.fast import gsop as gsop_mod
 from conftest import formula, randomise_norms, saved_multiple
@@ -25,8 +24,6 @@ CASES = {
     "gsop-small-rd": ("gsop", {"rd_channels": 8}),
     "gsop-stride2": ("gsop", {"stride": 2, "rd_channels": 24}),
     "gsop-no-preact": ("gsop", {"pre_act": False, "rd_channels": 20}),
-    "bilinear": ("bilinear", {}),
-    "bilinear-identity": ("bilinear", {"act_layer": "identity"}),  # outer branch: plain ops
     "c3": ("c3", {}),
     "c3-full": ("c3", {"distance": "full"}),
     "c3-nearest-groups": ("c3", {"resample": "nearest", "groups": 2}),
@@ -43,7 +40,7 @@ def _run(m: nn.Module, fn, x: torch.Tensor, gout: torch.Tensor | None, x_grad: b
     return y.detach(), list(grads), gout
 
 
-@pytest.mark.parametrize("name", ["gsop", "bilinear", "c3"])
+@pytest.mark.parametrize("name", ["gsop", "c3"])
 def test_frozen_parameters_or_input(name):
     """Gradients where only the parameters, or only the input, require them."""
     m = chanattn.create(name, 32).train()
@@ -64,7 +61,7 @@ def test_frozen_parameters_or_input(name):
 
 
 @pytest.mark.parametrize("case", ["momentum-none", "no-running-stats"])
-@pytest.mark.parametrize("name", ["gsop", "bilinear"])
+@pytest.mark.parametrize("name", ["gsop"])
 def test_batchnorm_variants(name, case):
     """Cumulative running averages (momentum=None) over three steps, and BatchNorms that keep no
     running statistics (batch statistics in eval too): as the plain module."""
@@ -110,7 +107,6 @@ def test_gradcheck_in_training(case):
 
 FUNCTIONS = {
     "gsop": [(gsop_mod, "_ReducedCovariance")],
-    "bilinear": [(bilinear_mod, "_PairProducts"), (bilinear_mod, "_OuterGate")],
     "c3": [(c3_mod, "_Communicate"), (c3_mod, "_AreaResize")],
 }
 
@@ -123,7 +119,7 @@ def _forbid_functions(monkeypatch, name: str) -> None:
         monkeypatch.setattr(getattr(mod, cls), "apply", refuse)
 
 
-@pytest.mark.parametrize("name", ["gsop", "bilinear", "c3"])
+@pytest.mark.parametrize("name", ["gsop", "c3"])
 def test_plain_ops_without_autograd(name, monkeypatch):
     m = chanattn.create(name, 32).train()
     x = torch.randn(2, 32, 9, 9)
@@ -165,7 +161,6 @@ def test_double_backward_raises():
 # name: (at most, at least for the formula) at benchmarks/activations.py's two shapes
 SAVED = {
     "gsop": {(8, 64, 28, 28): (1.70, 8.6), (8, 256, 14, 14): (2.20, 4.1)},
-    "bilinear": {(8, 64, 28, 28): (2.30, 4.5), (8, 256, 14, 14): (2.70, 5.7)},
     "c3": {(8, 64, 28, 28): (1.30, 2.5), (8, 256, 14, 14): (2.10, 5.9)},
 }
 
@@ -182,7 +177,7 @@ def test_training_saves_at_most_what_is_stated(name):
         assert ref >= reference_at_least, f"{name} at {shape}: the reference saves {ref:.3f}"
 
 
-@pytest.mark.parametrize("name", ["gsop", "bilinear", "c3"])
+@pytest.mark.parametrize("name", ["gsop", "c3"])
 def test_torch_func_grad(name):
     """The Functions define setup_context: ``torch.func.grad`` runs through them (in eval mode;
     in training, BatchNorm's buffer updates are not allowed under the transform, as for the plain

@@ -13,11 +13,11 @@ runs the first that applies, else the formula:
 
 Layout: :mod:`.registry` (:class:`FastPath`, the switch, the dispatch), :mod:`.explain`, the shared
 building blocks (:mod:`.functional`: pooling and small layers arranged around ATen's CPU kernels and
-CBAM's autograd Functions; :mod:`.recompute`: BatchNorm and convolutions inside Functions that
-recompute in the backward; :mod:`.native`: the C++ operator ``chanattn::cbam_forward``), and one file
-per paper that registers its implementations (:mod:`.se`, :mod:`.cbam`, ...). Which
-implementations are kept, and the measurements behind each decision: benchmarks/README.md
-("Fast paths"); ``benchmarks/fast_paths.py`` measures them.
+the autograd Function of CBAM's spatial pooling; :mod:`.recompute`: BatchNorm and convolutions
+inside Functions that recompute in the backward; :mod:`.native`: the C++ operator
+``chanattn::cbam_forward``), and one file per paper that registers its implementations (:mod:`.se`,
+:mod:`.cbam`, ...). Which implementations are kept, and the measurements behind each decision:
+benchmarks/README.md ("Fast paths"); ``benchmarks/fast_paths.py`` measures them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = [
 
 #: The files that register implementations, imported once the module classes exist
 #: (:mod:`chanattn.modules` imports them last).
-BUILTIN = ("se", "eca", "cbam", "selective_kernel", "bam", "bilinear", "c3", "encnet", "gsop", "soca")
+BUILTIN = ("se", "eca", "cbam", "selective_kernel", "c3", "encnet", "gsop", "soca")
 
 
 def _register_builtin() -> None:

@@ -1,22 +1,27 @@
-"""CBAM (and its channel and spatial modules alone): the native operator in inference, and the
-PyTorch paths that read the input fewer times or save less for training.
+"""CBAM (and its channel and spatial modules alone): the native operator in inference, and two
+PyTorch paths, each kept for the mode in which it beat both the formula and ``torch.compile`` of
+the formula (benchmarks/README.md, "Fast paths").
 
 - ``*.native``: inference on float32 NCHW CPU tensors by the C++ operator ``chanattn::cbam_forward``
   (:mod:`chanattn.fast.native`): per sample, pool over H and W, the MLP, pool x * channel gate over
   C, the KxK convolution, and write the output, all while the sample is in cache (about one read and
   one write of the tensor from memory). It also applies under ``torch.compile`` (the operator has a
   fake implementation; the compiler calls it), not under ``torch.export`` or ``torch.jit``.
-- ``*.pytorch``: both poolings of a stage in one pass over each chunk of the batch while in cache,
-  the max over short rows by overlapping windows, the MLP once for both descriptors as matrix
-  products, CBAM's spatial 2 -> 1 convolution with the batch folded into channels
-  (:mod:`chanattn.fast.functional`); in inference y = x * channel_gate is written once, pooled and
-  multiplied by the spatial gate in place.
-- ``cbam.saves_less``: training through two autograd Functions that save x, the channel gate, the
-  (B, 2, H, W) pooled map and the spatial gate, not y = x * channel_gate: about 1x the input where
-  the formula keeps 2x.
+- ``cbam_channel.pytorch`` (inference): both poolings in one pass over each chunk of the batch while
+  in cache, the max over short rows by overlapping windows, the MLP once for both descriptors as
+  matrix products (:mod:`chanattn.fast.functional`).
+- ``cbam_spatial.pytorch`` (training): mean and max over C in one pass while in cache, the 2 -> 1
+  convolution with the batch folded into channels.
+
+Measured and deleted (benchmarks/results/fast_paths_cpu.txt, 2026-12-01): CBAM's own PyTorch path
+in inference (4-10% slower than the compiled formula at every shape), its training path that saved
+x * channel gate once less (the compiled formula saves as little, 1.4-2.9x faster), and the channel
+stage's path in training and the spatial stage's in inference (slower than the compiled formula).
+Where the operator does not apply, CBAM runs its formula, whose channel and spatial stages take
+their own paths.
 
 Every path pools [mean_C; max_C]; with the spatial stage's ``pool_order="max_mean"`` (the official
-code's [max_C; mean_C]) the PyTorch paths swap the pooled map's two channels before the convolution,
+code's [max_C; mean_C]) the PyTorch path swaps the pooled map's two channels before the convolution,
 and the operator gets the convolution's weight with its two input channels swapped.
 """
 
@@ -28,14 +33,12 @@ from torch import nn
 from ..modules.cbam import CBAM, CBAMChannelAttention, CBAMSpatialAttention
 from . import native
 from .functional import (
-    apply_spatial_gate,
     avg_max_pool_channels,
     avg_max_pool_space,
     conv2d_few_channels,
     linear_1x1,
-    scale_then_avg_max_pool_channels,
 )
-from .registry import FastPath, grad_needed, register
+from .registry import FastPath, register
 
 # -- the PyTorch paths ------------------------------------------------------------------------------
 
@@ -75,17 +78,6 @@ def _channel(m: CBAMChannelAttention, x: torch.Tensor) -> torch.Tensor:
 def _spatial(m: CBAMSpatialAttention, x: torch.Tensor) -> torch.Tensor:
     m._check_input(x)
     return x * _spatial_excite(m, avg_max_pool_channels(x))
-
-
-def _cbam(m: CBAM, x: torch.Tensor) -> torch.Tensor:
-    m._check_input(x)
-    grad = grad_needed(x, m)
-    cg = _channel_factor(m.channel, x)  # (B, C, 1, 1)
-    # y = x * cg and its two poolings over C, chunk by chunk while in cache.
-    pooled, y = scale_then_avg_max_pool_channels(x, cg, grad)
-    sg = _spatial_excite(m.spatial, pooled)  # (B, 1, H, W)
-    # y * sg: in place without autograd; with it, saving x, cg and sg rather than y.
-    return apply_spatial_gate(x, cg, sg, y, grad)
 
 
 # -- the native operator ----------------------------------------------------------------------------
@@ -178,25 +170,17 @@ register(FastPath("cbam.native", CBAM, _cbam_native, summary=_SUMMARY, configure
                   module_mode="eval",
                   examples=(("cbam", {"kernel_size": 3, "norm": False, "bias": False}),
                             ("cbam", {"pool_order": "max_mean"})), **_NATIVE))
-register(FastPath(
-    "cbam.pytorch", CBAM, _cbam, purpose="speed", autograd=False,
-    summary="poolings chunk by chunk while in cache, x * channel gate written once and scaled in place",
-    examples=(("cbam", {"norm": False, "bias": False}), ("cbam", {"pool_order": "max_mean"}))))
-register(FastPath(
-    "cbam.saves_less", CBAM, _cbam, purpose="memory", autograd=True,
-    summary="two autograd Functions that save x and the gates, not x * channel gate",
-    examples=(("cbam", {"norm": False, "bias": False}), ("cbam", {"pool_order": "max_mean"}))))
 register(FastPath("cbam_channel.native", CBAMChannelAttention, _channel_native, summary=_SUMMARY,
                   configured=_channel_native_config, **_NATIVE))
 register(FastPath(
-    "cbam_channel.pytorch", CBAMChannelAttention, _channel, purpose="speed", autograd=None,
+    "cbam_channel.pytorch", CBAMChannelAttention, _channel, purpose="speed", autograd=False,
     summary="both poolings in one pass while in cache, the MLP once on both as matrix products"))
 register(FastPath("cbam_spatial.native", CBAMSpatialAttention, _spatial_native, summary=_SUMMARY,
                   configured=_spatial_native_config, module_mode="eval",
                   examples=(("cbam_spatial", {"norm": False}), ("cbam_spatial", {"pool_order": "max_mean"})),
                   **_NATIVE))
 register(FastPath(
-    "cbam_spatial.pytorch", CBAMSpatialAttention, _spatial, purpose="speed", autograd=None,
+    "cbam_spatial.pytorch", CBAMSpatialAttention, _spatial, purpose="speed", autograd=True,
     summary="mean and max over C in one pass while in cache, the 2 -> 1 convolution with the batch "
             "folded into channels",
     examples=(("cbam_spatial", {"pool_order": "max_mean"}),)))

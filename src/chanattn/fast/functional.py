@@ -1,8 +1,8 @@
 """Building blocks of the fast implementations (registered in the other files of
 :mod:`chanattn.fast`) of the gate modules (the SE family, ECA, CBAM, SK): pooled 1x1 layers as
 matrix products, reductions arranged around ATen's CPU kernels (chunks of the batch that stay in
-cache between two passes, maxima over overlapping windows), and autograd Functions that save for
-backward only what the backward needs.
+cache between two passes, maxima over overlapping windows), and the autograd Function of CBAM's
+spatial pooling, which pools in one pass and saves its input and the pooled map.
 
 Under autograd the SE family's 1x1 layers run as matrix products (3x faster than the convolutions,
 forward and backward); where a BatchNorm follows (CBAM's spatial stage, SK's selection) the small
@@ -25,13 +25,11 @@ from .registry import grad_needed
 __all__ = [
     "CHUNK_BYTES",
     "WHOLE_BYTES",
-    "apply_spatial_gate",
     "avg_max_pool_channels",
     "avg_max_pool_space",
     "conv1d_channels",
     "conv2d_few_channels",
     "linear_1x1",
-    "scale_then_avg_max_pool_channels",
 ]
 
 #: The bytes of input one chunk of the chunked loops covers. A chunk and what is written from it
@@ -232,24 +230,16 @@ def avg_max_pool_space(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return avg, mx
 
 
-def _scale_pool_forward(x: torch.Tensor, cg: torch.Tensor | None,
-                        fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, y): y = x * cg (or x itself where cg is None) and q = [mean_C(y); max_C(y)], (B, 2, H, W).
-
-    ``fast``: for each chunk of the batch, the product is written and pooled while in cache.
-    """
+def _pool_channels_forward(x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """q = [mean_C(x); max_C(x)], (B, 2, H, W); with ``fast``, each chunk of the batch pooled
+    twice while in cache."""
     if not fast:
-        y = x if cg is None else x * cg
-        return torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1), y
+        return torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
     b, _, h, w = x.shape
-    y = x if cg is None else torch.empty_like(x)
     q = x.new_empty(b, 2, h, w)
     for b0, b1 in _batch_chunks(x):
-        ys = y[b0:b1]
-        if cg is not None:
-            torch.mul(x[b0:b1], cg[b0:b1], out=ys)
-        _pool_channels_into(ys, q[b0:b1])
-    return q, y
+        _pool_channels_into(x[b0:b1], q[b0:b1])
+    return q
 
 
 def _pool_channels_backward(gq: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -267,8 +257,7 @@ class _PoolChannels(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, fast: bool) -> torch.Tensor:
-        q, _ = _scale_pool_forward(x, None, fast)
-        return q
+        return _pool_channels_forward(x, fast)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -281,59 +270,6 @@ class _PoolChannels(torch.autograd.Function):
         return _pool_channels_backward(gq, x, q), None
 
 
-class _ScalePoolChannels(torch.autograd.Function):
-    """(q, y) with y = x * cg and q = [mean_C(y); max_C(y)]; saves x, cg and q, not y (the
-    backward recomputes y = x * cg, bit for bit, where it needs the max's positions)."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, cg: torch.Tensor, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return _scale_pool_forward(x, cg, fast)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, cg, _ = inputs
-        q, _ = output
-        ctx.save_for_backward(x, cg, q)
-
-    @staticmethod
-    def backward(ctx, gq: torch.Tensor, gy: torch.Tensor | None):
-        x, cg, q = ctx.saved_tensors
-        # The gradient w.r.t. y, summed in the order autograd sums it for the plain formula (the
-        # product's use first, then the max's, then the mean's), so that the two agree closely;
-        # one full-size buffer, updated in place (addition commutes, so g_max + gy == gy + g_max).
-        mask = (x * cg) == q[:, 1:2]
-        # int32 count and where: see _pool_channels_backward
-        g = torch.where(mask, gq[:, 1:2] / mask.sum(1, keepdim=True, dtype=torch.int32), 0.0)
-        del mask
-        if gy is not None:
-            g.add_(gy)
-        g.add_(gq[:, 0:1] / x.shape[1])
-        gx = g * cg if ctx.needs_input_grad[0] else None
-        gcg = (g * x).sum((2, 3), keepdim=True) if ctx.needs_input_grad[1] else None
-        return gx, gcg, None
-
-
-class _ApplySpatialGate(torch.autograd.Function):
-    """out = y * sg for y = x * cg: saves x, cg (B, C, 1, 1) and sg (B, 1, H, W) rather than y,
-    and recomputes y from x and cg (bit for bit) for the gradient of sg."""
-
-    @staticmethod
-    def forward(y: torch.Tensor, sg: torch.Tensor, x: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
-        return y * sg
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, sg, x, cg = inputs
-        ctx.save_for_backward(x, cg, sg)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        x, cg, sg = ctx.saved_tensors
-        gy = g * sg if ctx.needs_input_grad[0] else None
-        gsg = (g * (x * cg)).sum(1, keepdim=True) if ctx.needs_input_grad[1] else None
-        return gy, gsg, None, None
-
-
 def avg_max_pool_channels(x: torch.Tensor) -> torch.Tensor:
     """[mean over C; max over C] of ``x`` (B, C, H, W): (B, 2, H, W), CBAM's spatial descriptor.
 
@@ -343,29 +279,4 @@ def avg_max_pool_channels(x: torch.Tensor) -> torch.Tensor:
     fast = eager_fast_path()
     if grad_needed(x):
         return _PoolChannels.apply(x, fast)
-    return _scale_pool_forward(x, None, fast)[0]
-
-
-def scale_then_avg_max_pool_channels(x: torch.Tensor, cg: torch.Tensor,
-                                     grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, y): y = x * cg, cg of shape (B, C, 1, 1), and q = [mean_C(y); max_C(y)] (B, 2, H, W).
-
-    The product is written and pooled chunk by chunk, while in cache. With ``grad``, the backward
-    saves x, cg and q, not y; :func:`apply_spatial_gate` (the next step) does not keep y either.
-    """
-    fast = eager_fast_path()
-    if grad:
-        return _ScalePoolChannels.apply(x, cg, fast)
-    return _scale_pool_forward(x, cg, fast)
-
-
-def apply_spatial_gate(x: torch.Tensor, cg: torch.Tensor, sg: torch.Tensor, y: torch.Tensor,
-                       grad: bool) -> torch.Tensor:
-    """y * sg where y = x * cg came from :func:`scale_then_avg_max_pool_channels`.
-
-    Without ``grad`` ``y`` is scaled in place (no new tensor); with it, the backward saves x, cg
-    and sg, and recomputes y.
-    """
-    if grad:
-        return _ApplySpatialGate.apply(y, sg, x, cg)
-    return y.mul_(sg)
+    return _pool_channels_forward(x, fast)

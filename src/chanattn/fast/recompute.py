@@ -16,7 +16,7 @@ The Functions here and in the files of :mod:`chanattn.fast` that use them are re
 training paths (``autograd=True``): they run only where autograd records the call, in eager mode,
 outside autocast (:func:`recompute_applies`); elsewhere the modules run their formula.
 
-Building blocks, for a Function written for one module (gsop, bilinear). The Functions take the
+Building blocks, for a Function written for one module (gsop). The Functions take the
 running statistics as inputs and return BN's per-channel statistics as extra (non-differentiable)
 outputs, so that ``setup_context`` can save them: Functions written so also run under
 ``torch.func`` transforms (``torch.func.grad``, ``functional_call``). Usage::

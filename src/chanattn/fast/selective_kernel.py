@@ -1,10 +1,12 @@
 """Selective Kernel: the branches without their stack, BatchNorm folded in eval mode, in-place
 accumulation in inference; and a training path that saves a third of what the formula saves.
 
-- ``sk.unstacked``: the pooled sum is the sum of the branches' means and the weighted sum is
-  accumulated branch by branch (no (B, M, C', H', W') stack). In eval mode (float32/float64) each
-  branch's BatchNorm is folded into its convolution and the ReLU runs in place; without autograd
-  the weighted sum is accumulated in place in a branch's output (one ``lerp_`` for two branches).
+- ``sk.unstacked`` (inference): the pooled sum is the sum of the branches' means and the weighted
+  sum is accumulated in place in a branch's output (one ``lerp_`` for two branches; no
+  (B, M, C', H', W') stack). In eval mode (float32/float64) each branch's BatchNorm is folded into
+  its convolution and the ReLU runs in place. Under autograd it was no faster than the formula
+  (0.89-1.02x) and slower than the compiled formula at 32x64x56x56 (benchmarks/results/
+  fast_paths_cpu.txt), so it applies without autograd only.
 - ``sk.recompute``: training (BatchNorm in training mode, autograd recording) saves x and, per
   branch, only the convolution's output (3 input sizes for two branches at stride 1, where the same
   layers under plain autograd keep 5, and the formula 7 with its stack): each branch's conv-BN-ReLU
@@ -166,6 +168,6 @@ register(FastPath(
             "branch's convolution output only",
     examples=(("sk", {"num_branches": 3, "stride": 2, "out_channels": 32}),)))
 register(FastPath(
-    "sk.unstacked", SelectiveKernel, _sk, purpose="speed", autograd=None,
+    "sk.unstacked", SelectiveKernel, _sk, purpose="speed", autograd=False,
     summary="no stack of the branches; BatchNorm folded in eval mode; in-place sums in inference",
     examples=(("sk", {"num_branches": 3, "stride": 2, "out_channels": 32}),)))

@@ -591,59 +591,37 @@ _KIND_COLORS = {
 
 def _place_labels(ax, points: list[tuple[float, float, str, str, float, float, float]],
                   fontsize: float = 8.5) -> None:
-    """Label each (x, y) point without labels printing over each other or over the points and
-    their error bars (``yerr`` up and down, from ``xlo`` to ``xhi`` across): try offsets around the
-    point, nearest first, and keep the first whose box is free; a label moved away from its point
-    gets a thin leader line."""
+    """Label each point ``(x, y, text, colour, yerr, xlo, xhi)`` so that no label covers another
+    label, a marker or an error bar: the first free offset around the point, nearest first (the
+    last one tried where none is free); a label moved away from its point gets a thin leader line."""
     fig = ax.figure
     fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    to_px = ax.transData.transform
-    scale = fig.dpi / 72.0  # points -> pixels
-    taken: list[tuple[float, float, float, float]] = []
-    for x, y, _, _, err, xlo, xhi in points:  # the markers and their error bars
-        px, py = to_px((x, y))
-        _, top = to_px((x, y + err))
-        _, bottom = to_px((x, y - err))
-        left, _ = to_px((xlo, y))
-        right, _ = to_px((xhi, y))
-        taken.append((px - 5, py - 5, px + 5, py + 5))
-        taken.append((px - 4, bottom - 1, px + 4, top + 1))
-        taken.append((left - 1, py - 4, right + 1, py + 4))
-    offsets = [(6, -4)]
-    for r in range(1, 16):
-        d = 9 * r
-        offsets += [(6, d - 4), (6, -d - 4), (-6, d - 4), (-6, -d - 4), (d, -4), (-d, -4)]
+    renderer, to_px, scale = fig.canvas.get_renderer(), ax.transData.transform, fig.dpi / 72.0
+    taken: list[tuple[float, float, float, float]] = []  # boxes in pixels: (x0, y0, x1, y1)
+    for x, y, _, _, err, xlo, xhi in points:  # the marker, its vertical and its horizontal bar
+        (cx, cy), (left, bottom), (right, top) = to_px([(x, y), (xlo, y - err), (xhi, y + err)])
+        taken += [(cx - 5, cy - 5, cx + 5, cy + 5), (cx - 4, bottom - 1, cx + 4, top + 1),
+                  (left - 1, cy - 4, right + 1, cy + 4)]
+    offsets = [(6, -4)] + [o for d in range(9, 144, 9) for o in
+                           ((6, d - 4), (6, -d - 4), (-6, d - 4), (-6, -d - 4), (d, -4), (-d, -4))]
 
     def free(box) -> bool:
-        x0, y0, x1, y1 = box
-        return all(x1 <= a0 or x0 >= a1 or y1 <= b0 or y0 >= b1 for a0, b0, a1, b1 in taken)
+        return all(box[2] <= t[0] or box[0] >= t[2] or box[3] <= t[1] or box[1] >= t[3] for t in taken)
 
     for x, y, text, color, *_ in sorted(points, key=lambda p: (p[0], p[1])):
-        t = ax.text(0, 0, text, fontsize=fontsize)
-        ext = t.get_window_extent(renderer=renderer)
-        t.remove()
-        w, h = ext.width, ext.height
-        px, py = to_px((x, y))
-        for dx, dy in offsets:
-            left = px + dx * scale if dx >= 0 else px + dx * scale - w
-            bottom = py + dy * scale
-            box = (left - 1, bottom - 1, left + w + 1, bottom + h + 1)
-            if free(box):
-                break
-        taken.append(box)
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        w, h = probe.get_window_extent(renderer=renderer).size
+        probe.remove()
+        cx, cy = to_px((x, y))
+        boxes = [(cx + dx * scale - (w if dx < 0 else 0), cy + dy * scale) for dx, dy in offsets]
+        boxes = [(left - 1, bottom - 1, left + w + 1, bottom + h + 1) for left, bottom in boxes]
+        i = next((i for i, b in enumerate(boxes) if free(b)), len(offsets) - 1)
+        dx, dy = offsets[i]
+        taken.append(boxes[i])
         far = abs(dx) > 12 or abs(dy) > 12
-        ax.annotate(
-            text,
-            (x, y),
-            textcoords="offset points",
-            xytext=(dx, dy),
-            fontsize=fontsize,
-            color=color,
-            ha="left" if dx >= 0 else "right",
-            va="bottom",
-            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if far else None,
-        )
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                    color=color, ha="left" if dx >= 0 else "right", va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if far else None)
 
 
 def plot_text(results: dict, key: str) -> tuple[str, str, str]:
@@ -661,8 +639,11 @@ def plot_text(results: dict, key: str) -> tuple[str, str, str]:
     if base:
         head += "; dashed: no attention"
         if n_seeds > 1:
-            head += (f"\nfilled: Δ top-1 beyond seed noise ({CI_LEVEL:.0%} Welch interval excludes 0); "
-                     "hollow: within noise")
+            m = max((r["vs_baseline"].get("comparisons", 1) for r in results["rows"] if r.get("vs_baseline")),
+                    default=1)
+            interval = (f"{CI_LEVEL:.0%} Welch interval" if m == 1 else
+                        f"Welch interval at 1 - {1 - CI_LEVEL:.2g}/{m}, Bonferroni for {m} modules")
+            head += f"\nfilled: Δ top-1 beyond seed noise ({interval}, excludes 0); hollow: within noise"
         else:
             head += "\n1 seed: no estimate of the noise; differences from the baseline untested (hollow)"
     return head, label, ylabel
