@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import chanattn
+from chanattn.bench.core import saved_tensors
 
 SHAPES = [(8, 64, 28, 28), (8, 256, 14, 14)]
 OUT = Path(__file__).with_name("ACTIVATIONS.md")
@@ -63,22 +64,11 @@ def saved_for_backward(module: torch.nn.Module, x: torch.Tensor,
                        forward=None) -> tuple[float, list[tuple[tuple[int, ...], float]]]:
     """(total, largest): the bytes saved for backward by one training forward of ``module`` on
     ``x`` as a multiple of x's bytes, and the (shape, multiple) of each distinct saved storage,
-    largest first."""
-    skip = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    found: dict[int, tuple[tuple[int, ...], int]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        ptr = s.data_ptr()
-        if ptr not in skip and (ptr not in found or found[ptr][1] < s.nbytes()):
-            found[ptr] = (tuple(t.shape), s.nbytes())
-        return t
-
+    largest first (:func:`chanattn.bench.core.saved_tensors`)."""
     x = x.detach().clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        (forward or module)(x)
     unit = x.numel() * x.element_size()
-    items = sorted(((shape, n / unit) for shape, n in found.values()), key=lambda t: -t[1])
+    found = saved_tensors(lambda: (forward or module)(x), [*module.parameters(), *module.buffers()])
+    items = [(shape, n / unit) for shape, n in found]
     return sum(m for _, m in items), items
 
 

@@ -34,7 +34,7 @@ import time
 import torch
 
 import chanattn
-from chanattn.bench.core import machine_info, parse_shapes, time_interleaved
+from chanattn.bench.core import machine_info, parse_shapes, saved_multiple, time_interleaved
 from chanattn.fast import fast_paths, implementations
 
 SHAPES = "32x64x56x56,32x256x14x14,32x512x7x7"
@@ -42,22 +42,6 @@ SHAPES = "32x64x56x56,32x256x14x14,32x512x7x7"
 
 def _modes(impl) -> list[str]:
     return {False: ["infer"], True: ["train"], None: ["infer", "train"]}[impl.autograd]
-
-
-def _saved(fn, x: torch.Tensor, skip: set[int]) -> float:
-    """Bytes autograd saves in one call of fn on x (requiring grad), as a multiple of x's."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
-        return t
-
-    x = x.detach().clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(x)
-    return sum(storages.values()) / (x.numel() * x.element_size())
 
 
 def _cpu_busy() -> float | None:
@@ -127,10 +111,9 @@ def measure(impl, shape: tuple[int, ...], mode: str, repeats: int) -> dict | str
     row["compile_s"] = compile_s
     row["load"] = os.getloadavg()[0]
     if mode == "train":
-        skip = {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers()]}
-        row["saved"] = {"fast": _saved(lambda t: impl.run(m, t), x, skip),
-                        "eager": _saved(formula(m), x, skip),
-                        "compiled": _saved(formula(lambda t: compiled(t)), x, skip)}
+        row["saved"] = {"fast": saved_multiple(m, x, lambda t: impl.run(m, t)),
+                        "eager": saved_multiple(m, x, formula(m)),
+                        "compiled": saved_multiple(m, x, formula(lambda t: compiled(t)))}
     return row
 
 

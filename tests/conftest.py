@@ -62,25 +62,6 @@ def formula(m: torch.nn.Module):
     return run
 
 
-def saved_multiple(m: torch.nn.Module, x: torch.Tensor, forward=None) -> float:
-    """Bytes autograd saves in one forward of ``m`` (or ``forward``) on ``x`` requiring grad, one
-    count per storage (a view keeps its whole storage alive), parameters and buffers left out, as
-    a multiple of x's bytes: what benchmarks/activations.py counts."""
-    skip = {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers()]}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
-        return t
-
-    x = x.detach().clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        (m if forward is None else forward)(x)
-    return sum(storages.values()) / (x.numel() * x.element_size())
-
-
 def assert_matches_reference(where: str, labels, fast, ref, truth, tol: float = 1e-4,
                              scale_floor: float = 1e-6) -> None:
     """A fast path's results (output and gradients, lists in the order of ``labels``) against the

@@ -13,8 +13,9 @@ import torch
 
 import chanattn
 import chanattn.fast.functional as CF
+from chanattn.bench.core import saved_multiple
 from chanattn.fast import explain, implementations
-from conftest import formula, randomise_norms, saved_multiple
+from conftest import formula, randomise_norms
 
 #: the implementations built on the chunked loops of chanattn.fast.functional
 CHUNKED = [impl for impl in implementations() if impl.name.endswith(".pytorch") and impl.autograd is not True]

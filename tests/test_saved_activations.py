@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import chanattn
+from chanattn.bench.core import saved_multiple
 from chanattn.fast import explain, implementations
 from chanattn.fast.recompute import conv_bn_relu
-from conftest import formula, randomise_norms, saved_multiple
+from conftest import formula, randomise_norms
 
 # case: (registry name, kwargs, channels, shape (B, H, W))
 CASES = {

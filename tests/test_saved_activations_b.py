@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 import chanattn
+from chanattn.bench.core import saved_multiple
 from chanattn.fast import c3 as c3_mod
 from chanattn.fast import gsop as gsop_mod
-from conftest import formula, randomise_norms, saved_multiple
+from conftest import formula, randomise_norms
 
 # case: (registry name, kwargs). gsop's default c' = 128 is larger than x (the convolution is
 # recomputed in the backward); rd_channels=8 and stride 2 make it smaller (its output is kept).

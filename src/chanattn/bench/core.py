@@ -79,6 +79,8 @@ __all__ = [
     "parse_shapes",
     "peak_bytes",
     "saved_bytes",
+    "saved_multiple",
+    "saved_tensors",
     "time_interleaved",
 ]
 
@@ -321,21 +323,41 @@ def peak_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = (),
     return tracker.peak
 
 
-def saved_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes of the tensors autograd saves for the backward during one call of ``fn`` (each storage
-    once, ``exclude``'s storages, such as the input and the parameters, not counted)."""
+def saved_tensors(fn: Callable[[], object],
+                  exclude: Iterable[torch.Tensor] = ()) -> list[tuple[tuple[int, ...], int]]:
+    """What autograd saves for the backward during one call of ``fn``: one ``(shape, bytes)`` per
+    storage (a view keeps its whole storage alive; the shape is that of the largest tensor saved on
+    it), largest first; ``exclude``'s storages (such as the parameters) are not counted."""
     skip = _keys(exclude)
-    seen: dict[int, int] = {}
+    seen: dict[int, tuple[tuple[int, ...], int]] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
         if key is not None and key not in skip:
-            seen[key] = t.untyped_storage().nbytes()
+            nbytes = t.untyped_storage().nbytes()
+            if key not in seen or seen[key][1] < nbytes:
+                seen[key] = (tuple(t.shape), nbytes)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return sum(seen.values())
+    return sorted(seen.values(), key=lambda item: -item[1])
+
+
+def saved_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the tensors autograd saves for the backward during one call of ``fn`` (each storage
+    once, ``exclude``'s storages, such as the input and the parameters, not counted)."""
+    return sum(nbytes for _, nbytes in saved_tensors(fn, exclude))
+
+
+def saved_multiple(module: nn.Module, x: torch.Tensor, forward: Callable | None = None) -> float:
+    """What one forward of ``module`` (or ``forward``) on a copy of ``x`` requiring grad saves for
+    the backward, as a multiple of x's bytes: each storage once, the input included where the
+    backward keeps it, the module's parameters and buffers left out (benchmarks/activations.py,
+    benchmarks/fast_paths.py and the tests count this way)."""
+    x = x.detach().clone().requires_grad_(True)
+    items = saved_tensors(lambda: (forward or module)(x), [*module.parameters(), *module.buffers()])
+    return sum(nbytes for _, nbytes in items) / (x.numel() * x.element_size())
 
 
 def formula_forward(module: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
