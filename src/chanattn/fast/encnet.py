@@ -54,7 +54,15 @@ def _encnet(m: ContextEncoding, x: torch.Tensor) -> torch.Tensor:
     return _GatedReLU.apply(x, gamma) if m.final_relu else x * (1 + gamma)
 
 
-class _CentredDistances(torch.autograd.Function):
+class _SavesInputs(torch.autograd.Function):
+    """A Function whose backward needs exactly its inputs: it saves them all."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+
+class _CentredDistances(_SavesInputs):
     """||xc_i||^2 - 2 xc_i.dc_k, (B, N, K), for xc = x - m (x (B, N, D), m (D,), dc (K, D)), as the
     formula computes it (``xc @ dc.t()`` folds xc into a (B*N, D) matrix, one ``mm``), saving x as
     given (a view), m and dc rather than the centred x and its folded copy: the backward centres x
@@ -67,10 +75,6 @@ class _CentredDistances(torch.autograd.Function):
         xc = x - m
         p = torch.mm(xc.reshape(b * n, dim), dc.t()).view(b, n, dc.shape[0])
         return (xc * xc).sum(-1, keepdim=True) - 2 * p
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -89,7 +93,7 @@ class _CentredDistances(torch.autograd.Function):
         return gx, None, gdc
 
 
-class _CentredAggregate(torch.autograd.Function):
+class _CentredAggregate(_SavesInputs):
     """sum_i a_ik (x_i - m), (B, K, D), for a (B, N, K), x (B, N, D), as the formula's
     ``a.transpose(1, 2) @ (x - m)``, saving a, x (as given) and m rather than the centred x: the
     backward centres x again and runs ``bmm``'s backward (the same gradients, bit for bit). m is a
@@ -98,10 +102,6 @@ class _CentredAggregate(torch.autograd.Function):
     @staticmethod
     def forward(a: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return torch.bmm(a.transpose(1, 2), x - m)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -113,17 +113,13 @@ class _CentredAggregate(torch.autograd.Function):
         return ga, gx, None
 
 
-class _GatedReLU(torch.autograd.Function):
+class _GatedReLU(_SavesInputs):
     """y = relu(x * (1 + gamma)), gamma (B, C, 1, 1); saves x and gamma, not y: the backward
     recomputes x * (1 + gamma) (the same values, bit for bit) for the ReLU's mask."""
 
     @staticmethod
     def forward(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return (x * (1 + gamma)).relu_()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
